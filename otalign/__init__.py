@@ -1,0 +1,14 @@
+"""otalign: entropic optimal transport with pluggable, declarative constraints, in PyTorch.
+
+>>> import otalign as ota
+>>> from otalign import constraints as C
+>>> res = ota.solve(cost, C.balanced(a, b), epsilon=0.05)
+>>> res.plan, res.f, res.g, res.value, res.converged
+"""
+
+from . import constraints
+from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
+
+__version__ = "0.1.0"
+
+__all__ = ["constraints", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "__version__"]

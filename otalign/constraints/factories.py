@@ -1,0 +1,78 @@
+"""Factories for the common constraint sets (balanced, unbalanced, semi-relaxed, partial)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+
+from .base import ConstraintSet
+from .types import KL, Marginal, TotalMass
+
+__all__ = ["balanced", "unbalanced", "partial"]
+
+Weights = Optional[Union[torch.Tensor, Sequence[float], Any]]
+
+
+def balanced(a: Weights = None, b: Weights = None) -> ConstraintSet:
+    """Hard marginals: rows sum to ``a``, columns to ``b`` (``None``: uniform).
+
+    Returns ``[Marginal(0, a), Marginal(1, b)]``.
+    """
+    return ConstraintSet([Marginal(axis=0, weights=a), Marginal(axis=1, weights=b)])
+
+
+def _rho_pair(rho: Union[float, Sequence[float]]) -> tuple[float, float]:
+    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
+        return float(rho), float(rho)
+    try:
+        pair = tuple(float(r) for r in rho)  # type: ignore[union-attr]
+    except TypeError as exc:
+        raise ValueError(f"rho={rho!r}; expected a number or a pair (rho_a, rho_b)") from exc
+    if len(pair) != 2:
+        raise ValueError(f"rho={rho!r}; expected a number or a pair (rho_a, rho_b)")
+    return pair  # type: ignore[return-value]
+
+
+def unbalanced(rho: Union[float, Sequence[float]], a: Weights = None, b: Weights = None) -> ConstraintSet:
+    """KL-relaxed marginals: ``rho_a KL(P 1 || a) + rho_b KL(P^T 1 || b)`` in the objective.
+
+    ``rho`` is a number (both sides) or a pair ``(rho_a, rho_b)``; ``math.inf`` on one side keeps
+    that marginal hard (the semi-relaxed problem), on both sides gives :func:`balanced`.
+    """
+    rho_a, rho_b = _rho_pair(rho)
+
+    def side(axis: int, w: Weights, r: float) -> Marginal:
+        return Marginal(axis=axis, weights=w, penalty=None if math.isinf(r) and r > 0 else KL(rho=r))
+
+    return ConstraintSet([side(0, a, rho_a), side(1, b, rho_b)])
+
+
+def _total(w: Weights) -> torch.Tensor:
+    """Total weight per problem: 1 for uniform weights."""
+    if w is None:
+        return torch.ones(())
+    t = w.detach() if isinstance(w, torch.Tensor) else torch.as_tensor(w, dtype=torch.float64)
+    return t.sum(-1).to(torch.float64).cpu()
+
+
+def partial(mass: Union[float, torch.Tensor], a: Weights = None, b: Weights = None) -> ConstraintSet:
+    """Partial transport: rows ``<= a``, columns ``<= b``, total mass ``== mass``.
+
+    ``0 < mass <= min(sum a, sum b)`` (checked here when the weights are known, and again at solve
+    time for uniform weights, which sum to 1).
+    """
+    rows = Marginal(axis=0, weights=a, relation="<=")
+    cols = Marginal(axis=1, weights=b, relation="<=")
+    total = TotalMass(mass=mass)
+    m = torch.as_tensor(total.mass, dtype=torch.float64).detach().cpu()
+    cap = torch.minimum(_total(rows.weights), _total(cols.weights))
+    excess = m - cap * (1 + 1e-9)
+    if (excess > 0).any():
+        raise ValueError(
+            f"mass={m.tolist()!r} exceeds min(sum a, sum b)={cap.tolist()!r}; expected "
+            "0 < mass <= min(sum a, sum b) for partial transport"
+        )
+    return ConstraintSet([rows, cols, total])

@@ -1,0 +1,195 @@
+"""The built-in constraint types.
+
+Notation: P is the plan, shape ``(n, m)`` or ``(B, n, m)``; ``P 1`` its row marginal (shape
+``(n,)``), ``P^T 1`` its column marginal (shape ``(m,)``). Weights given as ``None`` are uniform
+(``1/n`` per row, ``1/m`` per column); a tensor of shape ``(n,)`` is shared by the batch, one of
+shape ``(B, n)`` gives each problem its own weights. ``docs/constraints.md`` states the math and the
+dual update of each type.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from .base import BoolTensor, Constraint, IntTensor, Tensor, _Model
+
+__all__ = ["KL", "TV", "Penalty", "Marginal", "TotalMass", "Forbid", "BlockMass"]
+
+
+def _check_rho(rho: float) -> float:
+    if math.isnan(rho) or rho <= 0:
+        raise ValueError(f"rho={rho!r}; expected rho > 0 (math.inf means a hard constraint)")
+    return rho
+
+
+class KL(_Model):
+    """KL penalty ``rho * KL(mu || w)`` on a marginal ``mu`` with target weights ``w``.
+
+    ``rho > 0``; ``rho = math.inf`` is the hard constraint. (POT: ``reg_m``; GeomLoss:
+    ``reach**p``; OTT-JAX: ``tau = rho / (rho + epsilon)``.)
+    """
+
+    type: Literal["KL"] = "KL"
+    rho: float
+
+    @field_validator("rho")
+    @classmethod
+    def _rho(cls, rho: float) -> float:
+        return _check_rho(rho)
+
+
+class TV(_Model):
+    """Total-variation penalty ``rho * ||mu - w||_1`` on a marginal (``rho = math.inf``: hard)."""
+
+    type: Literal["TV"] = "TV"
+    rho: float
+
+    @field_validator("rho")
+    @classmethod
+    def _rho(cls, rho: float) -> float:
+        return _check_rho(rho)
+
+
+Penalty = Union[KL, TV]
+
+
+def _check_weights(w: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:
+    if w is None:
+        return None
+    if w.dim() not in (1, 2):
+        raise ValueError(f"{name} has shape {tuple(w.shape)}; expected (n,) or (B, n)")
+    if w.shape[-1] == 0:
+        raise ValueError(f"{name} has shape {tuple(w.shape)}; expected at least one entry")
+    d = w.detach()
+    bad = ~torch.isfinite(d)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries; expected finite weights")
+    if (d < 0).any():
+        raise ValueError(
+            f"{name} has negative entries (min {float(d.min()):.4g}); expected weights >= 0"
+        )
+    return w
+
+
+class Marginal(Constraint):
+    """A constraint on one marginal of the plan.
+
+    ``axis=0`` constrains the row sums ``P 1`` (shape ``(n,)``), ``axis=1`` the column sums
+    ``P^T 1`` (shape ``(m,)``), against ``weights`` (``None``: uniform, summing to 1).
+
+    * ``relation="=="``, ``penalty=None``: hard equality ``P 1 = w``.
+    * ``relation="<="``, ``penalty=None``: hard cap ``P 1 <= w`` (partial transport).
+    * ``penalty=KL(rho)`` / ``TV(rho)``: the equality is replaced by the penalty
+      ``rho * D(P 1 || w)`` in the objective (unbalanced transport). With ``relation="<="`` the cap
+      stays hard and only the shortfall ``w - P 1`` is penalised.
+    """
+
+    axis: Literal[0, 1]
+    weights: Optional[Tensor] = None
+    relation: Literal["==", "<="] = "=="
+    penalty: Optional[Penalty] = Field(default=None, discriminator="type")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, w: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return _check_weights(w, "weights")
+
+    @property
+    def is_hard(self) -> bool:
+        """True when no finite penalty relaxes the relation."""
+        return self.penalty is None or math.isinf(self.penalty.rho)
+
+
+class TotalMass(Constraint):
+    """The plan carries a prescribed total mass: ``sum_ij P_ij = mass`` (partial transport).
+
+    ``mass`` is a positive number, or a tensor of shape ``(B,)`` with one mass per problem.
+    """
+
+    mass: Union[float, Tensor]
+
+    @field_validator("mass", mode="before")
+    @classmethod
+    def _mass(cls, v):  # noqa: ANN001 - pydantic validator
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = float(v)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"mass={v!r}; expected a finite mass > 0")
+            return v
+        return v
+
+    @field_validator("mass")
+    @classmethod
+    def _mass_tensor(cls, v):  # noqa: ANN001
+        if isinstance(v, torch.Tensor):
+            if v.dim() > 1:
+                raise ValueError(f"mass has shape {tuple(v.shape)}; expected a number or (B,)")
+            d = v.detach()
+            if not (torch.isfinite(d).all() and (d > 0).all()):
+                raise ValueError(f"mass={d.tolist()!r}; expected finite masses > 0")
+        return v
+
+
+class Forbid(Constraint):
+    """Forbidden pairs: ``P_ij = 0`` wherever ``mask`` is True.
+
+    ``mask="diagonal"`` forbids ``i == j`` (self-pairs, e.g. in contrastive learning); otherwise a
+    boolean tensor of shape ``(n, m)`` or ``(B, n, m)``, True where the pair is forbidden. The solver
+    puts ``-inf`` in the log-kernel there, so the plan is exactly zero on those pairs.
+    """
+
+    mask: Union[Literal["diagonal"], BoolTensor]
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _mask_before(cls, v):  # noqa: ANN001
+        if isinstance(v, str) and v != "diagonal":
+            raise ValueError(f"mask={v!r}; expected 'diagonal' or a boolean tensor (n, m)/(B, n, m)")
+        return v
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, v):  # noqa: ANN001
+        if isinstance(v, torch.Tensor) and v.dim() not in (2, 3):
+            raise ValueError(f"mask has shape {tuple(v.shape)}; expected (n, m) or (B, n, m)")
+        return v
+
+
+class BlockMass(Constraint):
+    """Prescribed (or capped) mass between groups of rows and groups of columns.
+
+    ``row_groups`` (shape ``(n,)`` or ``(B, n)``) gives each row a group in ``0..Gr-1`` (``-1``: in
+    no group); ``col_groups`` likewise for columns with ``0..Gc-1``. ``mass`` has shape ``(Gr, Gc)``
+    or ``(B, Gr, Gc)``: ``sum_{i in r, j in c} P_ij == mass[r, c]`` (``relation="=="``) or ``<=``.
+    This is domain-constrained transport: e.g. rows and columns grouped by domain, with the mass
+    moved within and across domains fixed.
+    """
+
+    row_groups: IntTensor
+    col_groups: IntTensor
+    mass: Tensor
+    relation: Literal["==", "<="] = "=="
+
+    @model_validator(mode="after")
+    def _check(self) -> BlockMass:
+        M = self.mass.detach()
+        if M.dim() not in (2, 3):
+            raise ValueError(f"mass has shape {tuple(M.shape)}; expected (Gr, Gc) or (B, Gr, Gc)")
+        if not torch.isfinite(M).all() or (M < 0).any():
+            raise ValueError("mass has negative or non-finite entries; expected finite masses >= 0")
+        for name, groups, count in (
+            ("row_groups", self.row_groups, M.shape[-2]),
+            ("col_groups", self.col_groups, M.shape[-1]),
+        ):
+            if groups.dim() not in (1, 2):
+                raise ValueError(f"{name} has shape {tuple(groups.shape)}; expected (n,) or (B, n)")
+            if groups.numel() and (groups.min() < -1 or groups.max() >= count):
+                raise ValueError(
+                    f"{name} has values in [{int(groups.min())}, {int(groups.max())}]; expected "
+                    f"group ids in [-1, {count - 1}] to match mass of shape {tuple(M.shape)}"
+                )
+        return self

@@ -1,0 +1,119 @@
+"""Cross-constraint feasibility checks of the built-in constraint types.
+
+Each check raises ``ValueError`` naming the constraints involved, the values and what was
+expected. Relative tolerance ``RTOL`` on masses absorbs float32 rounding of user weights.
+Constraints added through the registry are validated by their own projector only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .projectors.block import BlockMassProjector
+from .projectors.marginal import MarginalProjector
+from .projectors.mass import TotalMassProjector
+
+if TYPE_CHECKING:
+    from .setup import Prepared
+
+__all__ = ["check_feasible", "RTOL"]
+
+RTOL = 1e-5
+
+
+def _fmt(t: torch.Tensor) -> str:
+    vals = t.detach().flatten().cpu().tolist()
+    return repr(vals[0] if len(vals) == 1 else vals[:6] + (["..."] if len(vals) > 6 else []))
+
+
+def _close(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).abs() <= RTOL * torch.maximum(x.abs(), y.abs()).clamp(min=1e-30)
+
+
+def check_feasible(prep: "Prepared") -> None:
+    projs = prep.projectors
+    marg = [(k, p) for k, p in enumerate(projs) if isinstance(p, MarginalProjector)]
+    eq = {ax: [(k, p) for k, p in marg if p.axis == ax and p.is_hard_equality] for ax in (0, 1)}
+    caps = {ax: [(k, p) for k, p in marg if p.axis == ax and p.relation == "<="] for ax in (0, 1)}
+
+    # 1. hard equalities must agree on the total mass
+    totals = [(k, p, p.weights.sum(-1)) for ax in (0, 1) for k, p in eq[ax]]
+    for (k1, p1, t1), (k2, p2, t2) in zip(totals, totals[1:]):
+        if not bool(_close(t1, t2).all()):
+            raise ValueError(
+                f"constraints[{k1}] (hard marginal, axis {p1.axis}) has total mass {_fmt(t1)} but "
+                f"constraints[{k2}] (hard marginal, axis {p2.axis}) has {_fmt(t2)}; hard marginals "
+                "need equal masses (normalise the weights, or relax them with C.unbalanced)"
+            )
+
+    # 2. total mass against marginals
+    for k, p in enumerate(projs):
+        if not isinstance(p, TotalMassProjector):
+            continue
+        for ax in (0, 1):
+            for k2, p2 in eq[ax]:
+                t = p2.weights.sum(-1)
+                if not bool(_close(p.mass, t).all()):
+                    raise ValueError(
+                        f"constraints[{k}] (TotalMass) has mass={_fmt(p.mass)} but constraints[{k2}] "
+                        f"fixes the axis-{ax} marginal to total {_fmt(t)}; expected equal masses"
+                    )
+            for k2, p2 in caps[ax]:
+                t = p2.weights.sum(-1)
+                if bool((p.mass > t * (1 + RTOL)).any()):
+                    raise ValueError(
+                        f"constraints[{k}] (TotalMass) has mass={_fmt(p.mass)} above the total "
+                        f"{_fmt(t)} of the caps of constraints[{k2}] (axis {ax}); expected "
+                        "0 < mass <= min(sum a, sum b)"
+                    )
+
+    # 3. block masses against hard marginals
+    for k, p in enumerate(projs):
+        if not isinstance(p, BlockMassProjector):
+            continue
+        fp = p.footprint
+        for ax, groups, count in ((0, fp.row_groups, fp.n_row_groups), (1, fp.col_groups, fp.n_col_groups)):
+            other = fp.col_groups if ax == 0 else fp.row_groups
+            covers = bool((other >= 0).all())  # the blocks of a group span the whole other axis
+            block_sums = p.mass.sum(-1 if ax == 0 else -2)  # (B', groups on this axis)
+            onehot = torch.nn.functional.one_hot(groups.remainder(count + 1), count + 1)[..., :count]
+            for k2, p2 in eq[ax] + caps[ax]:
+                w = p2.weights.expand(groups.shape[0], -1)
+                group_w = torch.einsum("bi,big->bg", w, onehot.to(w.dtype))
+                side = "row" if ax == 0 else "column"
+                if p.relation == "==":
+                    too_much = bool((block_sums > group_w * (1 + RTOL) + 1e-12).any())
+                    mismatch = covers and p2.is_hard_equality and not bool(_close(block_sums, group_w).all())
+                    bad, expected = too_much or mismatch, "exactly" if mismatch else "at most"
+                else:  # caps: infeasible only if they cannot hold a group's required mass
+                    bad = covers and p2.is_hard_equality and bool((block_sums < group_w * (1 - RTOL)).any())
+                    expected = "at least"
+                if bad:
+                    raise ValueError(
+                        f"constraints[{k}] (BlockMass, relation {p.relation!r}) puts "
+                        f"{_fmt(block_sums)} in the {side} groups but constraints[{k2}] gives those "
+                        f"groups weights {_fmt(group_w)}; expected block masses summing to "
+                        f"{expected} the group weights"
+                    )
+
+    # 4. every row/column with positive hard weight needs an allowed entry
+    live_rows = torch.isfinite(prep.log_ra)
+    live_cols = torch.isfinite(prep.log_rb)
+    allowed = prep.allowed if prep.allowed is not None else torch.ones(1, 1, 1, dtype=torch.bool, device=live_rows.device)
+    if prep.allowed is None and bool(live_rows.all()) and bool(live_cols.all()):
+        return
+    reach_rows = (allowed & live_cols[:, None, :]).any(-1) & live_rows  # (B, n)
+    reach_cols = (allowed & live_rows[:, :, None]).any(-2) & live_cols  # (B, m)
+    for ax, reach in ((0, reach_rows), (1, reach_cols)):
+        for k, p in eq[ax]:
+            stuck = (p.weights > 0) & ~reach
+            if bool(stuck.any()):
+                b, i = (int(v) for v in stuck.nonzero()[0])
+                side = "row" if ax == 0 else "column"
+                raise ValueError(
+                    f"constraints[{k}] requires mass {float(p.weights.expand_as(stuck)[b, i]):.4g} "
+                    f"in {side} {i} (problem {b}) but every entry of that {side} is forbidden or forced to zero; "
+                    "expected each row/column with positive hard weight to keep an allowed entry"
+                )

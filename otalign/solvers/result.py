@@ -1,0 +1,190 @@
+"""The result of a solve: plan, potentials, values, marginals and per-problem convergence."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Optional
+
+import torch
+
+from ..constraints.base import ConstraintSet
+from .engine import Trace
+from .footprint import COL, ROW
+from .plan import LogPlan
+from .registry import Projector
+
+__all__ = ["OTResult"]
+
+
+class OTResult:
+    """Output of :func:`otalign.solve`.
+
+    Batched problems (a cost of shape ``(B, n, m)``, or batched weights) give tensors with a leading
+    ``B``; a 2-D cost gives unbatched tensors. Tensors are in the input's dtype and on its device,
+    and carry gradients as requested by ``grad=``. The plan is computed on demand from the
+    potentials (and cached).
+
+    Attributes:
+        plan: ``(B, n, m)`` transport plan (exact zeros on forbidden pairs and zero weights).
+        log_plan: ``log(plan)`` (``-inf`` where the plan is zero).
+        f, g: ``(B, n)``, ``(B, m)`` potentials in cost units, such that
+            ``plan = R * exp((f_i + g_j - C_ij) / epsilon)`` (times ``exp(H/epsilon)`` on the blocks
+            of ``BlockMass`` duals ``H``), with ``R = a (x) b`` (``entropy="kl"``) or ``1``
+            (``"shannon"``). Balanced problems are centred so that ``<f, a> = <g, b>``; padded rows
+            and columns get 0.
+        duals: one entry per constraint (None for constraints without a dual), cost units.
+        value: ``(B,)`` regularised primal objective ``<C, P> + eps * Omega(P) + penalties``, with
+            ``Omega = KL(P || R)`` (``"kl"``) or ``sum P log P - P`` (``"shannon"``).
+        transport_cost: ``(B,)`` ``<C, P>``.
+        marginals: ``(P 1, P^T 1)``.
+        errors: ``(B, n_checks)`` error at each check (NaN after the problem stopped);
+            ``check_iters`` gives the iteration of each check.
+        error: ``(B,)`` last measured error. n_iters: ``(B,)`` sweeps performed.
+        converged: ``(B,)`` ``error <= tol`` was reached. diverged: ``(B,)`` non-finite values met.
+    """
+
+    def __init__(
+        self,
+        state: LogPlan,
+        projectors: list[Projector],
+        constraints: ConstraintSet,
+        trace: Trace,
+        *,
+        epsilon: float,
+        entropy: str,
+        tol: float,
+        batched: bool,
+        out_dtype: torch.dtype,
+    ) -> None:
+        self._state = state
+        self._projectors = projectors
+        self.constraints = constraints
+        self.epsilon = epsilon
+        self.entropy = entropy
+        self.tol = tol
+        self._batched = batched
+        self._dtype = out_dtype
+        self._trace = trace
+        self.check_iters = trace.check_iters
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            t = t.to(self._dtype)
+        return t if self._batched else t[0]
+
+    @cached_property
+    def _log_plan(self) -> torch.Tensor:
+        return self._state.log_plan()
+
+    @cached_property
+    def _plan(self) -> torch.Tensor:
+        return torch.exp(self._log_plan)
+
+    @cached_property
+    def _log_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._state.log_marginal(ROW), self._state.log_marginal(COL)
+
+    # -- plan and potentials ------------------------------------------------------------------
+    @property
+    def log_plan(self) -> torch.Tensor:
+        return self._out(self._log_plan)
+
+    @property
+    def plan(self) -> torch.Tensor:
+        return self._out(self._plan)
+
+    @property
+    def f(self) -> torch.Tensor:
+        live = torch.isfinite(self._state.log_ra)
+        return self._out(torch.where(live, self._state.F, torch.zeros_like(self._state.F)))
+
+    @property
+    def g(self) -> torch.Tensor:
+        live = torch.isfinite(self._state.log_rb)
+        return self._out(torch.where(live, self._state.G, torch.zeros_like(self._state.G)))
+
+    @property
+    def duals(self) -> tuple[Optional[torch.Tensor], ...]:
+        return tuple(None if d is None else self._out(d) for d in self._state.duals)
+
+    @property
+    def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        row, col = self._log_marginals
+        return self._out(torch.exp(row)), self._out(torch.exp(col))
+
+    # -- values -------------------------------------------------------------------------------
+    @cached_property
+    def _transport_cost(self) -> torch.Tensor:
+        return (self._plan * self._state.cost).sum((-2, -1))
+
+    def _entropy_term(self) -> torch.Tensor:
+        """``Omega(P)``: ``KL(P || R)`` or ``sum P log P - P``."""
+        st = self._state
+        P = self._plan
+        carries = P > 0
+        mass = P.sum((-2, -1))
+        if self.entropy == "shannon":
+            logp = torch.where(carries, self._log_plan, torch.zeros_like(P))
+            return (P * logp).sum((-2, -1)) - mass
+        # log(P / R) = log P - log r_a - log r_b on the support
+        log_ratio = self._log_plan - st.log_ra[:, :, None] - st.log_rb[:, None, :]
+        log_ratio = torch.where(carries, log_ratio, torch.zeros_like(P))
+        ra, rb = torch.exp(st.log_ra), torch.exp(st.log_rb)
+        if st.allowed is None:
+            ref_mass = ra.sum(-1) * rb.sum(-1)
+        else:
+            ref_mass = torch.einsum("bi,bij,bj->b", ra, st.allowed.expand(st.batch, -1, -1).to(ra.dtype), rb)
+        return (P * log_ratio).sum((-2, -1)) - mass + ref_mass
+
+    @cached_property
+    def _value(self) -> torch.Tensor:
+        value = self._transport_cost + self.epsilon * self._entropy_term()
+        for proj in self._projectors:
+            if proj.footprint is not None:
+                value = value + proj.penalty(self._state.log_marginal(proj.footprint))
+        return value
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self._out(self._value)
+
+    @property
+    def transport_cost(self) -> torch.Tensor:
+        return self._out(self._transport_cost)
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """``(B,)`` total mass of the plan."""
+        return self._out(torch.exp(torch.logsumexp(self._log_marginals[0], -1)))
+
+    # -- convergence --------------------------------------------------------------------------
+    @property
+    def errors(self) -> torch.Tensor:
+        return self._out(self._trace.errors)
+
+    @property
+    def error(self) -> torch.Tensor:
+        return self._out(self._trace.error)
+
+    @property
+    def n_iters(self) -> torch.Tensor:
+        return self._out(self._trace.n_iters)
+
+    @property
+    def converged(self) -> torch.Tensor:
+        return self._out(self._trace.converged)
+
+    @property
+    def diverged(self) -> torch.Tensor:
+        return self._out(self._trace.diverged)
+
+    def __repr__(self) -> str:
+        shape = tuple(self._state.kbase.shape[-2:])
+        batch = f"B={self._state.batch}, " if self._batched else ""
+        conv = self._trace.converged
+        return (
+            f"OTResult({batch}shape={shape}, epsilon={self.epsilon:g}, "
+            f"converged={int(conv.sum())}/{conv.numel()}, "
+            f"max n_iters={int(self._trace.n_iters.max())})"
+        )

@@ -1,0 +1,131 @@
+"""Validation of the inputs of :func:`otalign.solve` and preparation of a batched problem."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..constraints.base import ConstraintSet, as_constraint_set
+from . import projectors as _builtin  # noqa: F401  (registers the built-in projectors)
+from .feasibility import check_feasible
+from .problem import Problem, compute_dtype, safe_log
+from .registry import Projector, projector_for
+
+__all__ = ["Prepared", "prepare", "check_scalar"]
+
+ENTROPIES = ("kl", "shannon")
+
+
+def check_scalar(name: str, value: Any, *, low: float, strict: bool = True, integer: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number above ``low``."""
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or (not integer and not math.isfinite(value)):
+        what = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name}={value!r}; expected {what} {'>' if strict else '>='} {low}")
+    if value < low or (strict and value == low):
+        raise ValueError(f"{name}={value!r}; expected {name} {'>' if strict else '>='} {low}")
+
+
+@dataclass
+class Prepared:
+    """A validated problem: compute-dtype cost, projectors, reference measure, support."""
+
+    problem: Problem
+    constraints: ConstraintSet
+    projectors: list[Projector]
+    cost: torch.Tensor  # (B', n, m) compute dtype
+    log_ra: torch.Tensor  # (B, n)
+    log_rb: torch.Tensor  # (B, m)
+    allowed: Optional[torch.Tensor]  # (B', n, m) bool
+    batched: bool  # outputs keep a batch dimension
+    out_dtype: torch.dtype
+
+
+def _check_cost(cost: Any) -> torch.Tensor:
+    if not isinstance(cost, torch.Tensor):
+        raise ValueError(f"cost is a {type(cost).__name__}; expected a torch.Tensor of shape (n, m) or (B, n, m)")
+    if not cost.is_floating_point():
+        raise ValueError(f"cost has dtype {cost.dtype}; expected a floating-point tensor")
+    if cost.dim() not in (2, 3) or cost.shape[-1] == 0 or cost.shape[-2] == 0 or cost.numel() == 0:
+        raise ValueError(f"cost has shape {tuple(cost.shape)}; expected (n, m) or (B, n, m) with n, m >= 1")
+    bad = ~torch.isfinite(cost.detach())
+    if bool(bad.any()):
+        raise ValueError(
+            f"cost has {int(bad.sum())} non-finite entries (NaN or inf); expected finite costs "
+            "(forbid pairs with C.Forbid(mask=...) instead of infinite costs)"
+        )
+    return cost
+
+
+def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[type[Projector]]) -> int:
+    sizes: dict[int, str] = {}
+    if cost.dim() == 3:
+        sizes.setdefault(cost.shape[0], f"cost {tuple(cost.shape)}")
+    for k, (c, cls) in enumerate(zip(constraints, classes)):
+        b = cls.batch_size(c)
+        if b is not None:
+            sizes.setdefault(b, f"constraints[{k}] ({type(c).__name__})")
+    real = {b: src for b, src in sizes.items() if b != 1}
+    if len(real) > 1:
+        desc = "; ".join(f"{src}: batch {b}" for b, src in real.items())
+        raise ValueError(f"batch sizes disagree ({desc}); expected one batch size B (or 1) for all inputs")
+    return next(iter(real), 1)
+
+
+def prepare(cost: Any, constraints: Any, *, epsilon: float, entropy: str) -> Prepared:
+    """Validate everything and build the projectors; raises ``ValueError`` naming the field."""
+    cost = _check_cost(cost)
+    check_scalar("epsilon", epsilon, low=0.0)
+    if entropy not in ENTROPIES:
+        raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
+    cset = as_constraint_set(constraints)
+    classes = [projector_for(c) for c in cset]
+    B = _batch_size(cost, cset, classes)
+    n, m = cost.shape[-2:]
+    dtype = compute_dtype(cost.dtype)
+    problem = Problem(n=n, m=m, batch=B, dtype=dtype, device=cost.device, entropy=entropy)
+    projectors = [cls(c, problem) for c, cls in zip(cset, classes)]
+
+    rows = torch.ones(B, n, dtype=torch.bool, device=cost.device)
+    cols = torch.ones(B, m, dtype=torch.bool, device=cost.device)
+    pairs: Optional[torch.Tensor] = None
+    for proj in projectors:
+        sup = proj.support()
+        if sup.rows is not None:
+            rows = rows & sup.rows
+        if sup.cols is not None:
+            cols = cols & sup.cols
+        if sup.pairs is not None:
+            pairs = sup.pairs if pairs is None else pairs & sup.pairs
+
+    ref = {0: None, 1: None}
+    for proj in projectors:
+        if proj.reference is not None and ref[proj.reference[0]] is None:
+            ref[proj.reference[0]] = proj.reference[1]
+
+    def log_reference(axis: int, live: torch.Tensor) -> torch.Tensor:
+        w = ref[axis]
+        if entropy == "shannon" or w is None:
+            base = torch.zeros(live.shape, dtype=dtype, device=cost.device)
+            if entropy == "kl":  # no constraint on this axis: uniform reference weights
+                base = base - math.log(live.shape[-1])
+        else:
+            base = safe_log(w).expand(live.shape)
+        return torch.where(live, base, torch.full_like(base, -math.inf))
+
+    prepared = Prepared(
+        problem=problem,
+        constraints=cset,
+        projectors=projectors,
+        cost=(cost if cost.dim() == 3 else cost[None]).to(dtype),
+        log_ra=log_reference(0, rows),
+        log_rb=log_reference(1, cols),
+        allowed=pairs,
+        batched=cost.dim() == 3 or B > 1,
+        out_dtype=cost.dtype,
+    )
+    check_feasible(prepared)
+    return prepared
