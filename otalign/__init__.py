@@ -6,9 +6,9 @@
 >>> res.plan, res.f, res.g, res.value, res.converged
 """
 
-from . import constraints
+from . import constraints, costs
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
 
 __version__ = "0.1.0"
 
-__all__ = ["constraints", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "__version__"]
+__all__ = ["constraints", "costs", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "__version__"]

@@ -105,7 +105,7 @@ def test_float32_stable_at_small_epsilon():
     assert res.plan.dtype == torch.float32
     assert bool(res.converged) and float(res.error) <= 1e-4
     assert torch.isfinite(res.plan).all() and torch.isfinite(res.f).all() and torch.isfinite(res.value)
-    ref = ota.solve(cost.double(), epsilon=eps, tol=1e-9, max_iter=100_000)
+    ref = ota.solve(cost.double(), epsilon=eps, tol=1e-7, max_iter=100_000)
     assert float((res.plan.double() - ref.plan).abs().sum()) < 2e-3
 
 

@@ -11,13 +11,14 @@ import torch
 
 from ..constraints import factories
 from .engine import center_potentials, iterate
+from .gradients import dual_value, implicit_duals
 from .plan import LogPlan
 from .result import OTResult
 from .setup import Prepared, check_scalar, prepare
 
 __all__ = ["solve", "sinkhorn", "unbalanced", "partial", "GRAD_MODES"]
 
-GRAD_MODES = ("unroll", "none")
+GRAD_MODES = ("implicit", "unroll", "envelope", "none")
 
 Init = Union[OTResult, Sequence[Optional[torch.Tensor]], None]
 
@@ -82,7 +83,9 @@ def solve(
     check_every: int = 10,
     entropy: str = "kl",
     init: Init = None,
-    grad: str = "unroll",
+    grad: str = "implicit",
+    adjoint_tol: Optional[float] = None,
+    adjoint_max_iter: Optional[int] = None,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -95,12 +98,18 @@ def solve(
             (default: :func:`otalign.constraints.balanced` with uniform weights).
         epsilon: entropic strength (> 0), in the units of the cost.
         tol: stopping tolerance on the error (L1 marginal violation and, for penalties and caps,
-            the mass-weighted change of the duals between checks); see ``docs/concepts.md``.
+            the L1 movement of their marginals between checks); see ``docs/concepts.md``.
         max_iter: maximum number of sweeps (one sweep updates every dual once).
         check_every: sweeps between two convergence checks (the only host synchronisation).
         entropy: ``"kl"`` or ``"shannon"`` (identical plans for balanced problems).
         init: warm start: a previous :class:`OTResult` with the same constraints, or ``(f, g)``.
-        grad: ``"unroll"`` (autograd through the iterations) or ``"none"`` (detached outputs).
+        grad: how gradients reach the cost and the constraint tensors that require grad
+            (``docs/gradients.md``): ``"implicit"`` (implicit function theorem at the solution;
+            backward memory independent of the iteration count), ``"unroll"`` (autograd through
+            the iterations), ``"envelope"`` (gradient of ``value`` only, Danskin), ``"none"``.
+        adjoint_tol, adjoint_max_iter: stopping rule of the implicit mode's adjoint iteration
+            (relative change of the adjoint; defaults ``1e-10`` in float64, ``1e-6`` otherwise, and
+            ``max_iter``: the adjoint contracts at the rate of the forward iterations).
 
     Returns:
         An :class:`OTResult`; per-problem ``converged`` says whether ``tol`` was met.
@@ -110,38 +119,74 @@ def solve(
     check_scalar("check_every", check_every, low=1, strict=False, integer=True)
     if grad not in GRAD_MODES:
         raise ValueError(f"grad={grad!r}; expected one of {GRAD_MODES}")
+    if adjoint_tol is not None:
+        check_scalar("adjoint_tol", adjoint_tol, low=0.0)
+    if adjoint_max_iter is not None:
+        check_scalar("adjoint_max_iter", adjoint_max_iter, low=1, strict=False, integer=True)
     if constraints is None:
         constraints = factories.balanced()
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
-    track = grad == "unroll" and _needs_graph(cost, prep)
-    ctx = contextlib.nullcontext() if track else torch.no_grad()
-    with ctx:
+    track = grad != "none" and _needs_graph(cost, prep)
+    footprints = [p.footprint for p in prep.projectors]
+
+    def make_plan(duals, inplace=False):
+        return LogPlan(prep.cost, epsilon, prep.log_ra, prep.log_rb, prep.allowed, footprints, duals, inplace=inplace)
+
+    with torch.no_grad():
         duals = _initial_duals(prep, init)
-        state = LogPlan(
-            prep.cost,
-            epsilon,
-            prep.log_ra,
-            prep.log_rb,
-            prep.allowed,
-            [p.footprint for p in prep.projectors],
-            duals,
-            inplace=not track,
-        )
+    envelope = anchor = None
+    if track and grad == "unroll":
+        state = make_plan(duals)
         trace = iterate(state, prep.projectors, tol=tol, max_iter=max_iter, check_every=check_every)
-        center_potentials(state, prep.projectors)
-        state.inplace = False  # results are computed functionally (differentiable)
-        result = OTResult(
-            state,
-            prep.projectors,
-            prep.constraints,
-            trace,
-            epsilon=epsilon,
-            entropy=entropy,
-            tol=tol,
-            batched=prep.batched,
-            out_dtype=prep.out_dtype,
-        )
-    return result
+    else:
+        with torch.no_grad():
+            state = make_plan(duals, inplace=True)
+            trace = iterate(state, prep.projectors, tol=tol, max_iter=max_iter, check_every=check_every)
+        final = [None if d is None else d.detach() for d in state.duals]
+        if not track:
+            state.inplace = False  # keep the solved state; results are computed functionally
+        elif grad == "implicit":
+            default_tol = 1e-10 if prep.problem.dtype == torch.float64 else 1e-6
+            final = implicit_duals(
+                make_plan, prep.projectors, final,
+                tol=default_tol if adjoint_tol is None else adjoint_tol,
+                max_iter=max(max_iter, 1) if adjoint_max_iter is None else adjoint_max_iter,
+            )
+        if track:
+            state = make_plan(final)
+        if track and grad == "envelope":
+            anchor = _anchor(cost, prep)
+            with torch.no_grad():
+                primal = OTResult(state, prep.projectors, prep.constraints, trace, epsilon=epsilon,
+                                  entropy=entropy, tol=tol, batched=True, out_dtype=prep.problem.dtype)._value
+            dual = dual_value(state, prep.projectors, entropy)
+            envelope = primal + (dual - dual.detach())
+    center_potentials(state, prep.projectors)
+    return OTResult(
+        state,
+        prep.projectors,
+        prep.constraints,
+        trace,
+        epsilon=epsilon,
+        entropy=entropy,
+        tol=tol,
+        batched=prep.batched,
+        out_dtype=prep.out_dtype,
+        grad=grad if track else "none",
+        envelope_value=envelope,
+        anchor=anchor,
+    )
+
+
+def _anchor(cost: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    """A tensor that requires grad, to hang the envelope guards on."""
+    if cost.requires_grad:
+        return cost
+    for c in prep.constraints:
+        for v in c.__dict__.values():
+            if isinstance(v, torch.Tensor) and v.requires_grad:
+                return v
+    raise AssertionError("envelope mode without any input that requires grad")
 
 
 def sinkhorn(cost: torch.Tensor, a: Any = None, b: Any = None, *, epsilon: float, **kwargs: Any) -> OTResult:

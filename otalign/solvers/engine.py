@@ -168,7 +168,9 @@ def center_potentials(plan: LogPlan, projectors: list[Projector]) -> None:
         return
     if not (pr.is_hard_equality and pc.is_hard_equality):
         return
-    a, b = pr.weights, pc.weights
+    # zero weights are padding: mask them so that they receive no gradient through the centring
+    a = torch.where(pr.weights > 0, pr.weights, torch.zeros_like(pr.weights))
+    b = torch.where(pc.weights > 0, pc.weights, torch.zeros_like(pc.weights))
     f, g = plan.duals[kr], plan.duals[kc]
     c = ((g * b).sum(-1) - (f * a).sum(-1)) / (a.sum(-1) + b.sum(-1))
     plan.set_dual(kr, f + c[:, None])

@@ -51,18 +51,44 @@ def _lse_inplace(base: torch.Tensor, vec: torch.Tensor, dim: int, buf: torch.Ten
     return out.masked_fill_(empty.squeeze(dim), _NEG_INF)
 
 
-def _lse(base: torch.Tensor, vec: torch.Tensor, dim: int) -> torch.Tensor:
-    """Differentiable ``log sum exp(base + vec)`` along ``dim`` (same clamping as above).
+class _BroadcastLSE(torch.autograd.Function):
+    """``log sum exp(base + vec)`` along ``dim`` with a memory-light backward.
 
-    Slices that are entirely ``-inf`` give ``-inf`` with a zero (not NaN) gradient.
+    Autograd through the iterations would otherwise keep several ``(B, n, m)`` temporaries per
+    reduction. This function saves only its inputs (``base`` is the same tensor at every
+    iteration, so it is stored once) and its ``(B, n)`` output, and recomputes the softmax in the
+    backward pass: unrolled memory grows by O(n + m) per iteration instead of O(n m).
     """
-    x = base + vec
-    shift = torch.amax(x.detach(), dim=dim, keepdim=True)
-    empty = shift == _NEG_INF
-    shift = torch.where(empty, torch.zeros_like(shift), shift)
-    total = torch.exp(torch.clamp(x - shift, min=exp_floor(x.dtype))).sum(dim)
-    out = torch.log(total) + shift.squeeze(dim)
-    return out.masked_fill(empty.squeeze(dim), _NEG_INF)
+
+    @staticmethod
+    def forward(ctx, base: torch.Tensor, vec: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = torch.broadcast_shapes(base.shape, vec.shape)
+        buf = torch.empty(shape, dtype=base.dtype, device=base.device)
+        out = _lse_inplace(base, vec, dim, buf)
+        ctx.save_for_backward(base, vec, out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        base, vec, out = ctx.saved_tensors
+        dim = ctx.dim
+        safe = torch.where(torch.isfinite(out), out, torch.zeros_like(out)).unsqueeze(dim)
+        weights = torch.exp(base + vec - safe)  # softmax along dim; 0 on -inf entries
+        weights.mul_(torch.where(torch.isfinite(out), grad, torch.zeros_like(grad)).unsqueeze(dim))
+        grad_base = weights.sum_to_size(base.shape) if ctx.needs_input_grad[0] else None
+        grad_vec = weights.sum_to_size(vec.shape) if ctx.needs_input_grad[1] else None
+        return grad_base, grad_vec, None
+
+
+def _lse(base: torch.Tensor, vec: torch.Tensor, dim: int) -> torch.Tensor:
+    """Differentiable ``log sum exp(base + vec)`` along ``dim``; entirely ``-inf`` slices give
+    ``-inf`` with a zero (not NaN) gradient."""
+    if not (base.requires_grad or vec.requires_grad):
+        buf = torch.empty(torch.broadcast_shapes(base.shape, vec.shape), dtype=base.dtype, device=base.device)
+        return _lse_inplace(base, vec, dim, buf)
+    return _BroadcastLSE.apply(base, vec, dim)
 
 
 class LogPlan:

@@ -10,6 +10,7 @@ import torch
 from ..constraints.base import ConstraintSet
 from .engine import Trace
 from .footprint import COL, ROW
+from .gradients import EnvelopeGuard, reference_mass
 from .plan import LogPlan
 from .registry import Projector
 
@@ -41,6 +42,7 @@ class OTResult:
             ``check_iters`` gives the iteration of each check.
         error: ``(B,)`` last measured error. n_iters: ``(B,)`` sweeps performed.
         converged: ``(B,)`` ``error <= tol`` was reached. diverged: ``(B,)`` non-finite values met.
+        grad: the gradient mode the result was computed with (see ``docs/gradients.md``).
     """
 
     def __init__(
@@ -55,6 +57,9 @@ class OTResult:
         tol: float,
         batched: bool,
         out_dtype: torch.dtype,
+        grad: str = "unroll",
+        envelope_value: Optional[torch.Tensor] = None,
+        anchor: Optional[torch.Tensor] = None,
     ) -> None:
         self._state = state
         self._projectors = projectors
@@ -66,11 +71,18 @@ class OTResult:
         self._dtype = out_dtype
         self._trace = trace
         self.check_iters = trace.check_iters
+        self.grad = grad
+        self._envelope_value = envelope_value
+        self._anchor = anchor
 
     # -- helpers ------------------------------------------------------------------------------
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():
             t = t.to(self._dtype)
+            if self.grad == "none":
+                t = t.detach()
+            elif self.grad == "envelope":
+                t = t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor)
         return t if self._batched else t[0]
 
     @cached_property
@@ -130,12 +142,7 @@ class OTResult:
         # log(P / R) = log P - log r_a - log r_b on the support
         log_ratio = self._log_plan - st.log_ra[:, :, None] - st.log_rb[:, None, :]
         log_ratio = torch.where(carries, log_ratio, torch.zeros_like(P))
-        ra, rb = torch.exp(st.log_ra), torch.exp(st.log_rb)
-        if st.allowed is None:
-            ref_mass = ra.sum(-1) * rb.sum(-1)
-        else:
-            ref_mass = torch.einsum("bi,bij,bj->b", ra, st.allowed.expand(st.batch, -1, -1).to(ra.dtype), rb)
-        return (P * log_ratio).sum((-2, -1)) - mass + ref_mass
+        return (P * log_ratio).sum((-2, -1)) - mass + reference_mass(st)
 
     @cached_property
     def _value(self) -> torch.Tensor:
@@ -147,6 +154,9 @@ class OTResult:
 
     @property
     def value(self) -> torch.Tensor:
+        if self._envelope_value is not None:
+            v = self._envelope_value.to(self._dtype)
+            return v if self._batched else v[0]
         return self._out(self._value)
 
     @property

@@ -95,9 +95,11 @@ class MarginalProjector(Projector):
         if self.kind == "hard":
             return torch.zeros_like(mu[..., 0])
         if self.kind == "KL":
-            positive = mu > 0
-            log_ratio = torch.where(positive, log_marginal - self.log_weights, torch.zeros_like(mu))
-            return self.rho * (mu * log_ratio - mu + w).sum(-1)
+            # zero weights are padding (their mass is forced to zero): no term, no gradient
+            present = w > 0
+            log_ratio = torch.where(present & (mu > 0), log_marginal - self.log_weights, torch.zeros_like(mu))
+            term = torch.where(present, mu * log_ratio - mu + w, torch.zeros_like(mu))
+            return self.rho * term.sum(-1)
         if self.relation == "==":
             return self.rho * (mu - w).abs().sum(-1)
         return self.rho * torch.clamp(w - mu, min=0.0).sum(-1)
