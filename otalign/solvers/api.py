@@ -86,6 +86,7 @@ def solve(
     grad: str = "implicit",
     adjoint_tol: Optional[float] = None,
     adjoint_max_iter: Optional[int] = None,
+    center: bool = True,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -110,6 +111,9 @@ def solve(
         adjoint_tol, adjoint_max_iter: stopping rule of the implicit mode's adjoint iteration
             (relative change of the adjoint; defaults ``1e-10`` in float64, ``1e-6`` otherwise, and
             ``max_iter``: the adjoint contracts at the rate of the forward iterations).
+        center: centre the potentials of balanced problems (``<f, a> = <g, b>``); ``False``
+            returns the duals exactly as iterated from ``init`` (e.g. the scalings ``u, v`` of
+            Sinkhorn started from ``v = 1``).
 
     Returns:
         An :class:`OTResult`; per-problem ``converged`` says whether ``tol`` was met.
@@ -161,7 +165,8 @@ def solve(
                                   entropy=entropy, tol=tol, batched=True, out_dtype=prep.problem.dtype)._value
             dual = dual_value(state, prep.projectors, entropy)
             envelope = primal + (dual - dual.detach())
-    center_potentials(state, prep.projectors)
+    if center:
+        center_potentials(state, prep.projectors)
     return OTResult(
         state,
         prep.projectors,
