@@ -20,7 +20,6 @@ def solve(cost=M, cons=None, **kw):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(epsilon=0.0), "epsilon=0.0"),
         (dict(epsilon=-1.0), "epsilon"),
         (dict(epsilon=math.nan), "epsilon"),
         (dict(tol=0.0), "tol"),

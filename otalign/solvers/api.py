@@ -10,7 +10,8 @@ from typing import Any, Optional, Union
 import torch
 
 from ..constraints import factories
-from .engine import center_potentials, iterate
+from .engine import Acceleration, center_potentials, iterate
+from .exact import ExactResult, solve_exact
 from .gradients import dual_value, implicit_duals
 from .plan import LogPlan
 from .result import OTResult
@@ -19,6 +20,7 @@ from .setup import Prepared, check_scalar, prepare
 __all__ = ["solve", "sinkhorn", "unbalanced", "partial", "GRAD_MODES"]
 
 GRAD_MODES = ("implicit", "unroll", "envelope", "none")
+METHODS = ("auto", "log")
 
 Init = Union[OTResult, Sequence[Optional[torch.Tensor]], None]
 
@@ -87,6 +89,9 @@ def solve(
     adjoint_tol: Optional[float] = None,
     adjoint_max_iter: Optional[int] = None,
     center: bool = True,
+    method: str = "auto",
+    overrelax: Union[None, str, float] = None,
+    anneal: Optional[float] = None,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -97,7 +102,9 @@ def solve(
         cost: ``(n, m)`` or ``(B, n, m)`` finite costs, any float dtype, any device.
         constraints: a constraint, a list of them or a :class:`~otalign.constraints.ConstraintSet`
             (default: :func:`otalign.constraints.balanced` with uniform weights).
-        epsilon: entropic strength (> 0), in the units of the cost.
+        epsilon: entropic strength (> 0), in the units of the cost; ``0`` solves the exact
+            problem with POT's network simplex (balanced) or exact partial solver (partial),
+            returning an :class:`~otalign.solvers.exact.ExactResult` (see that module).
         tol: stopping tolerance on the error (L1 marginal violation and, for penalties and caps,
             the L1 movement of their marginals between checks); see ``docs/concepts.md``.
         max_iter: maximum number of sweeps (one sweep updates every dual once).
@@ -111,6 +118,13 @@ def solve(
         adjoint_tol, adjoint_max_iter: stopping rule of the implicit mode's adjoint iteration
             (relative change of the adjoint; defaults ``1e-10`` in float64, ``1e-6`` otherwise, and
             ``max_iter``: the adjoint contracts at the rate of the forward iterations).
+        method: ``"auto"`` (log-domain sweeps, switching to the stabilised kernel domain whenever
+            the scalings move slowly enough for it to be exact) or ``"log"`` (log domain only).
+        overrelax: None, a fixed ``omega`` in ``[1, 2)``, or ``"adaptive"`` (per-problem ``omega``
+            from the measured contraction rate, with a fall-back to 1 when the error grows).
+        anneal: epsilon scaling: a factor in (0, 1); sweeps run at ``eps0, eps0 * anneal, ...``
+            (``check_every`` sweeps each, ``eps0`` the largest cost range of the batch) down to
+            ``epsilon``, where the ordinary stopping test runs. Counted in ``n_iters``.
         center: centre the potentials of balanced problems (``<f, a> = <g, b>``); ``False``
             returns the duals exactly as iterated from ``init`` (e.g. the scalings ``u, v`` of
             Sinkhorn started from ``v = 1``).
@@ -127,8 +141,17 @@ def solve(
         check_scalar("adjoint_tol", adjoint_tol, low=0.0)
     if adjoint_max_iter is not None:
         check_scalar("adjoint_max_iter", adjoint_max_iter, low=1, strict=False, integer=True)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {METHODS}")
+    if overrelax is not None and overrelax != "adaptive":
+        if isinstance(overrelax, str) or not (isinstance(overrelax, (int, float)) and 1 <= overrelax < 2):
+            raise ValueError(f"overrelax={overrelax!r}; expected None, 'adaptive' or a number in [1, 2)")
+    if anneal is not None and not (isinstance(anneal, (int, float)) and 0 < anneal < 1):
+        raise ValueError(f"anneal={anneal!r}; expected None or a factor in (0, 1)")
     if constraints is None:
         constraints = factories.balanced()
+    if epsilon == 0 and not isinstance(epsilon, bool):
+        return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
     track = grad != "none" and _needs_graph(cost, prep)
     footprints = [p.footprint for p in prep.projectors]
@@ -139,13 +162,20 @@ def solve(
     with torch.no_grad():
         duals = _initial_duals(prep, init)
     envelope = anchor = None
+    acc = Acceleration(
+        kernel=method == "auto",
+        overrelax=overrelax,
+        schedule=_schedule(prep.cost, epsilon, anneal),
+        stage_iters=check_every,
+    )
+    run = dict(tol=tol, max_iter=max_iter, check_every=check_every, acceleration=acc)
     if track and grad == "unroll":
         state = make_plan(duals)
-        trace = iterate(state, prep.projectors, tol=tol, max_iter=max_iter, check_every=check_every)
+        trace = iterate(state, prep.projectors, **run)
     else:
         with torch.no_grad():
             state = make_plan(duals, inplace=True)
-            trace = iterate(state, prep.projectors, tol=tol, max_iter=max_iter, check_every=check_every)
+            trace = iterate(state, prep.projectors, **run)
         final = [None if d is None else d.detach() for d in state.duals]
         if not track:
             state.inplace = False  # keep the solved state; results are computed functionally
@@ -181,6 +211,21 @@ def solve(
         envelope_value=envelope,
         anchor=anchor,
     )
+
+
+def _schedule(cost: torch.Tensor, epsilon: float, anneal: Optional[float]) -> tuple[float, ...]:
+    """``eps0 * anneal**k`` above ``epsilon``, ``eps0`` the largest cost range in the batch."""
+    if anneal is None:
+        return ()
+    with torch.no_grad():
+        flat = cost.detach().flatten(1)
+        eps0 = float((flat.amax(1) - flat.amin(1)).amax())
+    out = []
+    eps = eps0
+    while eps > epsilon:
+        out.append(eps)
+        eps *= anneal
+    return tuple(out)
 
 
 def _anchor(cost: torch.Tensor, prep: Prepared) -> torch.Tensor:

@@ -26,10 +26,10 @@ from typing import Optional
 import torch
 
 from .footprint import COL, ROW
-from .plan import LogPlan
+from .plan import SAFE_DRIFT, LogPlan
 from .registry import Projector
 
-__all__ = ["Trace", "iterate", "measure_errors", "center_potentials"]
+__all__ = ["Trace", "Acceleration", "iterate", "sweep", "measure_errors", "center_potentials"]
 
 
 @dataclass
@@ -83,15 +83,51 @@ def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.reshape(flags.shape + (1,) * (like.dim() - 1))
 
 
-def sweep(plan: LogPlan, projectors: list[Projector], ids: list[int], active: Optional[torch.Tensor]) -> None:
-    """Update every dual once, in order; problems outside ``active`` (if given) keep theirs."""
+def sweep(
+    plan: LogPlan,
+    projectors: list[Projector],
+    ids: list[int],
+    active: Optional[torch.Tensor],
+    omega: Optional[torch.Tensor] = None,
+) -> None:
+    """Update every dual once, in order; problems outside ``active`` (if given) keep theirs.
+
+    ``omega`` (``(B,)``, or None for 1) over-relaxes the duals of relaxable projectors:
+    ``d <- d + omega * (update(d) - d)``.
+    """
     for k in ids:
         proj = projectors[k]
         old = plan.duals[k]
         new = proj.update(old, plan.log_marginal(proj.footprint), plan.eps)
+        if omega is not None and proj.relaxable:
+            new = old + _mask(omega, new) * (new - old)
         if active is not None:
             new = torch.where(_mask(active, new), new, old)
         plan.set_dual(k, new)
+
+
+@dataclass
+class Acceleration:
+    """Options of the loop beyond plain sweeps (see ``docs/concepts.md``, "Speed").
+
+    * ``kernel``: use the stabilised kernel domain when it is safe (decided at every check).
+    * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:func:`_adapt_omega`).
+    * ``schedule``: epsilons (decreasing, above the target) to run ``stage_iters`` sweeps at before
+      the target epsilon (epsilon scaling); the ordinary stopping test then runs at the target.
+    """
+
+    kernel: bool = False
+    overrelax: Optional[object] = None
+    omega_max: float = 1.8
+    schedule: tuple[float, ...] = ()
+    stage_iters: int = 10
+
+
+def _omega(acc: Acceleration, B: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+    if acc.overrelax is None:
+        return None
+    start = 1.0 if acc.overrelax == "adaptive" else float(acc.overrelax)
+    return torch.full((B,), start, dtype=like.dtype, device=like.device)
 
 
 def iterate(
@@ -101,33 +137,63 @@ def iterate(
     tol: float,
     max_iter: int,
     check_every: int,
+    acceleration: Optional[Acceleration] = None,
 ) -> Trace:
     """Run sweeps until every problem meets ``tol``, diverges, or ``max_iter`` is reached."""
+    acc = acceleration or Acceleration()
     B = plan.batch
     device = plan.log_ra.device
+    dtype = plan.log_ra.dtype
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
     active = torch.ones(B, dtype=torch.bool, device=device)
     all_active = True
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     diverged = torch.zeros(B, dtype=torch.bool, device=device)
     n_iters = torch.full((B,), max_iter, dtype=torch.long, device=device)
-    error = torch.full((B,), math.inf, dtype=plan.log_ra.dtype, device=device)
+    error = torch.full((B,), math.inf, dtype=dtype, device=device)
     history: list[torch.Tensor] = []
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
     marginals: list[Optional[torch.Tensor]] = [None] * len(projectors)  # tracked marginals there
-
+    omega = _omega(acc, B, error)
+    blocked = torch.zeros(B, dtype=torch.bool, device=device)
+    ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
+    just_set = torch.zeros(B, dtype=torch.bool, device=device)
+    kernel = acc.kernel and plan.kernel_capable
+    safe = SAFE_DRIFT.get(dtype, 30.0)
+    target_eps = plan.eps
     it = 0
+
+    # epsilon scaling: fixed sweeps at each epsilon of the schedule (no stopping test there)
+    for eps in acc.schedule:
+        plan.set_epsilon(eps)
+        for _ in range(min(acc.stage_iters, max_iter - it)):
+            sweep(plan, projectors, ids, None)
+            it += 1
+    if acc.schedule:
+        plan.set_epsilon(target_eps)
+    potentials = (plan.F.clone(), plan.G.clone())
+
     while True:
-        if it % check_every == 0 or it == max_iter:
+        if (it % check_every == 0 or it == max_iter) and (not check_iters or it != check_iters[-1]):
             finite = _finite(plan, ids)
-            if not bool(finite.all()):  # roll back to the last finite check
+            if not bool(finite.all()):
+                if plan.mode == "kernel":  # not a divergence: redo the interval in the log domain
+                    for k in ids:
+                        plan.set_dual(k, previous[k])
+                    plan.leave_kernel()
+                    kernel = False
+                    it = check_iters[-1]
+                    continue
                 bad = active & ~finite
-                for k in ids:
+                for k in ids:  # roll back to the last check
                     if previous[k] is not None:
                         plan.set_dual(k, torch.where(_mask(bad, previous[k]), previous[k], plan.duals[k]))
             err, marginals = measure_errors(plan, projectors, marginals)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
+            if omega is not None and acc.overrelax == "adaptive" and history:
+                omega, blocked, ratio, just_set = _adapt_omega(
+                    omega, blocked, ratio, just_set, err, history[-1], check_every, acc.omega_max)
             history.append(torch.where(active, err, torch.full_like(err, math.nan)))
             check_iters.append(it)
             ok = active & finite & (err <= tol)
@@ -142,9 +208,14 @@ def iterate(
             if it >= max_iter or n_active == 0:
                 break
             all_active = n_active == B
-        sweep(plan, projectors, ids, None if all_active else active)
+            if kernel and len(check_iters) > 1:  # the first interval gives the first movement
+                _choose_domain(plan, potentials, active, safe)
+            potentials = (plan.F.clone(), plan.G.clone())
+        sweep(plan, projectors, ids, None if all_active else active, omega)
         it += 1
 
+    if plan.mode == "kernel":
+        plan.leave_kernel()
     return Trace(
         errors=torch.stack(history, dim=1),
         check_iters=check_iters,
@@ -153,6 +224,47 @@ def iterate(
         converged=converged,
         diverged=diverged,
     )
+
+
+def _adapt_omega(omega, blocked, ratio, just_set, err, last, check_every, omega_max):
+    """Adaptive over-relaxation, per problem.
+
+    While ``omega == 1`` the error ratio between checks is recorded; once two consecutive ratios
+    agree within 2% and are above 0.8 (the slow, asymptotic regime, where over-relaxation pays
+    off and the linearisation holds), ``omega`` is set from the measured rate ``r`` per sweep:
+    ``1 + 0.75 * (2 / (1 + sqrt(1 - r)) - 1)`` (the optimal over-relaxation of the linearised
+    iteration, damped for the non-linear regime), capped at ``omega_max``. Safeguard: a problem
+    whose error grows at a check (other than the one right after ``omega`` was set, where a
+    transient bump is normal) goes back to ``omega = 1`` for good.
+    Returns ``(omega, blocked, ratio, just_set)``.
+    """
+    grew = (err > last) & (omega > 1) & ~just_set
+    blocked = blocked | grew
+    omega = torch.where(blocked, torch.ones_like(omega), omega)
+    new_ratio = torch.where(last > 0, err / last, torch.full_like(err, math.nan))
+    plain = (omega == 1.0) & ~blocked
+    stable = plain & (new_ratio < 1) & (new_ratio > 0.8) & ((new_ratio - ratio).abs() <= 0.02 * new_ratio)
+    rate = torch.clamp(new_ratio, min=0.0, max=0.9999) ** (1.0 / check_every)
+    target = 1.0 + 0.75 * (2.0 / (1.0 + torch.sqrt(1.0 - rate)) - 1.0)
+    omega = torch.where(stable, torch.clamp(target, max=omega_max), omega)
+    return omega, blocked, torch.where(plain, new_ratio, ratio), stable
+
+
+def _choose_domain(plan: LogPlan, potentials, active: torch.Tensor, safe: float) -> None:
+    """Pick the domain of the next interval: the kernel domain when the scalings moved less than
+    ``safe / 2`` (log units) during the last one, so that the next interval stays within ``safe``."""
+    F0, G0 = potentials
+    zero = torch.zeros(plan.batch, dtype=plan.F.dtype, device=plan.F.device)
+    moved = torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
+    moved = float(torch.where(active, moved, zero).amax())
+    if plan.mode == "kernel":
+        drift = float(torch.where(active, plan.kernel_drift(), zero).amax())
+        if moved > safe / 2 or not math.isfinite(drift):
+            plan.leave_kernel()
+        elif drift > safe / 4:
+            plan.absorb()
+    elif moved <= safe / 2:
+        plan.absorb()
 
 
 def center_potentials(plan: LogPlan, projectors: list[Projector]) -> None:

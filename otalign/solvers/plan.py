@@ -17,6 +17,17 @@ marginals the move actually disturbs are recomputed with a log-sum-exp over ``(B
 Two execution modes: ``inplace=True`` (no autograd: one reusable ``(B, n, m)`` buffer, no
 temporaries allocated per reduction) and ``inplace=False`` (functional ops that autograd can
 differentiate, used when gradients are unrolled through the iterations).
+
+**Stabilised kernel domain** (``inplace`` only, no block duals). A log-domain reduction computes
+one exp per entry; the kernel domain needs none. :meth:`absorb` stores
+``Ktil = exp(Kbase + alpha0_i + beta0_j)`` (the plan at the absorbed potentials ``alpha0``,
+``beta0``), after which ``P = diag(du) Ktil diag(dv)`` with ``du = exp(alpha - alpha0)``,
+``dv = exp(beta - beta0)``, and every marginal is a batched matrix-vector product
+(``P 1 = du * (Ktil dv)``): bandwidth-bound, one read of ``Ktil``. The scalings stay within
+``exp(+-drift)`` of 1; the engine re-absorbs (or falls back to log-domain sweeps) when the drift
+could leave the range where the product is exact (:data:`SAFE_DRIFT`), so the kernel domain is
+as stable as the log domain at small epsilon. Entries of ``Ktil`` below the smallest normal float
+are flushed to zero (their contribution is below ``tiny * exp(2 * drift)``).
 """
 
 from __future__ import annotations
@@ -28,7 +39,11 @@ import torch
 
 from .footprint import COL, ROW, SCALAR, Footprint, Groups
 
-__all__ = ["LogPlan"]
+__all__ = ["LogPlan", "SAFE_DRIFT"]
+
+#: largest |log du|, |log dv| (log units) allowed in the kernel domain, by compute dtype: entries of
+#: Ktil flushed to zero then weigh at most tiny * exp(2 * drift) (1e-12 of the mass in float32)
+SAFE_DRIFT = {torch.float32: 30.0, torch.float64: 300.0}
 
 _NEG_INF = -float("inf")
 
@@ -125,11 +140,14 @@ class LogPlan:
         self.batch, self.n = log_ra.shape
         self.m = log_rb.shape[-1]
         self._buf: Optional[torch.Tensor] = None
+        self.mode = "log"
+        self._alpha0: Optional[torch.Tensor] = None
+        self._beta0: Optional[torch.Tensor] = None
         self._row_ids = [k for k, fp in enumerate(footprints) if fp is ROW or fp is SCALAR]
         self._col_ids = [k for k, fp in enumerate(footprints) if fp is COL]
         self._group_ids = [k for k, fp in enumerate(footprints) if isinstance(fp, Groups)]
         self.eps = float(epsilon)
-        self._set_kernel()
+        self._set_base()
         self._aggregate_rows()
         self._aggregate_cols()
 
@@ -150,7 +168,7 @@ class LogPlan:
             G = G + self.duals[k]
         self.G = G
 
-    def _set_kernel(self) -> None:
+    def _set_base(self) -> None:
         """``Kbase = -C/eps (masked) + E/eps``; recomputed when eps or a block dual changes."""
         klog = self.cost / (-self.eps)
         if self.allowed is not None:
@@ -176,9 +194,55 @@ class LogPlan:
         return self.G / self.eps + self.log_rb
 
     def set_epsilon(self, epsilon: float) -> None:
-        """Change eps (annealing); the duals (in cost units) are kept."""
+        """Change eps (annealing); the duals (in cost units) are kept. Leaves the kernel domain."""
         self.eps = float(epsilon)
-        self._set_kernel()
+        self.leave_kernel()
+        self._set_base()
+
+    # -- kernel domain ----------------------------------------------------------------------
+    @property
+    def kernel_capable(self) -> bool:
+        """Kernel-domain reductions apply: no autograd and no block duals."""
+        return self.inplace and not self._group_ids
+
+    def absorb(self) -> None:
+        """Enter (or refresh) the kernel domain: ``Ktil = exp(log P)`` at the current duals."""
+        if not self.kernel_capable:
+            raise RuntimeError("the kernel domain needs inplace=True and no block duals")
+        a0, b0 = self.alpha.detach(), self.beta.detach()
+        buf = self._buffer()
+        torch.add(self.kbase, a0[:, :, None], out=buf)
+        buf.add_(b0[:, None, :])
+        floor = exp_floor(buf.dtype)
+        tiny = math.exp(floor) * (1 + 1e-3)
+        buf.clamp_(min=floor).exp_()
+        buf.masked_fill_(buf <= tiny, 0.0)  # flush what would be denormal (slow in matvec too)
+        self._alpha0, self._beta0 = a0, b0
+        self._live_a, self._live_b = torch.isfinite(a0), torch.isfinite(b0)
+        self.mode = "kernel"
+
+    def leave_kernel(self) -> None:
+        """Back to log-domain reductions (the buffer is reused for them)."""
+        self.mode = "log"
+        self._alpha0 = self._beta0 = None
+
+    def _log_du(self) -> torch.Tensor:
+        return torch.where(self._live_a, self.alpha - self._alpha0, torch.zeros_like(self._alpha0))
+
+    def _log_dv(self) -> torch.Tensor:
+        return torch.where(self._live_b, self.beta - self._beta0, torch.zeros_like(self._beta0))
+
+    def kernel_drift(self) -> torch.Tensor:
+        """``(B,)`` largest |log du|, |log dv|: how far the scalings moved since :meth:`absorb`."""
+        return torch.maximum(self._log_du().abs().amax(-1), self._log_dv().abs().amax(-1))
+
+    def _kernel_row(self) -> torch.Tensor:
+        dv = torch.exp(self._log_dv())
+        return torch.log(torch.bmm(self._buf, dv[:, :, None])[..., 0]) + self._log_du()
+
+    def _kernel_col(self) -> torch.Tensor:
+        du = torch.exp(self._log_du())
+        return torch.log(torch.bmm(du[:, None, :], self._buf)[:, 0]) + self._log_dv()
 
     # -- reductions -------------------------------------------------------------------------
     def _buffer(self) -> torch.Tensor:
@@ -189,6 +253,8 @@ class LogPlan:
         return self._buf
 
     def _row_lse(self) -> torch.Tensor:
+        if self.mode == "kernel":
+            return self._kernel_row()
         beta = self.beta[:, None, :]
         if self.inplace:
             inner = _lse_inplace(self.kbase, beta, -1, self._buffer())
@@ -197,6 +263,8 @@ class LogPlan:
         return inner + self.alpha
 
     def _col_lse(self) -> torch.Tensor:
+        if self.mode == "kernel":
+            return self._kernel_col()
         alpha = self.alpha[:, :, None]
         if self.inplace:
             inner = _lse_inplace(self.kbase, alpha, -2, self._buffer())
@@ -259,7 +327,7 @@ class LogPlan:
             self._log_groups = {k: v + shift[:, None, None] for k, v in self._log_groups.items()}
         elif isinstance(fp, Groups):
             own = self._log_groups.get(id(fp))
-            self._set_kernel()
+            self._set_base()
             if own is not None:
                 self._log_groups[id(fp)] = own + shift
         else:

@@ -59,6 +59,8 @@ class Projector:
     tracks_dual_change: bool = False
     #: a hard equality whose dual is defined up to the balanced gauge (f + c, g - c).
     is_hard_equality: bool = False
+    #: the dual is unconstrained, so over-relaxation ``d + omega (update(d) - d)`` keeps it valid
+    relaxable: bool = False
     #: (axis, weights (B', size)) when this constraint provides the reference weights of an axis.
     reference: Optional[tuple[int, torch.Tensor]] = None
 

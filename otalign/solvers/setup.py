@@ -75,10 +75,11 @@ def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[ty
     return next(iter(real), 1)
 
 
-def prepare(cost: Any, constraints: Any, *, epsilon: float, entropy: str) -> Prepared:
+def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: str) -> Prepared:
     """Validate everything and build the projectors; raises ``ValueError`` naming the field."""
     cost = _check_cost(cost)
-    check_scalar("epsilon", epsilon, low=0.0)
+    if epsilon is not None:  # None: exact solve, no entropic term
+        check_scalar("epsilon", epsilon, low=0.0)
     if entropy not in ENTROPIES:
         raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
     cset = as_constraint_set(constraints)

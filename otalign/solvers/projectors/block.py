@@ -45,6 +45,7 @@ class BlockMassProjector(Projector):
         self.log_mass = safe_log(mass)
         self.relation = constraint.relation
         self.tracks_dual_change = self.relation == "<="
+        self.relaxable = self.relation == "=="
         self.footprint = Groups(groups[0], groups[1], mass.shape[-2], mass.shape[-1])
 
     @classmethod

@@ -49,6 +49,7 @@ class MarginalProjector(Projector):
         self.tracks_dual_change = self.kind != "hard" or self.relation == "<="
         self.reference = (self.axis, self.weights)
         self.is_hard_equality = self.kind == "hard" and self.relation == "=="
+        self.relaxable = self.relation == "==" and self.kind in ("hard", "KL")
 
     @classmethod
     def batch_size(cls, constraint: Marginal) -> Optional[int]:

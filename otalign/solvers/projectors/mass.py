@@ -21,6 +21,7 @@ __all__ = ["TotalMassProjector"]
 class TotalMassProjector(Projector):
     footprint = SCALAR
     hard = True
+    relaxable = True
 
     def __init__(self, constraint: TotalMass, problem: Problem) -> None:
         super().__init__(constraint, problem)
