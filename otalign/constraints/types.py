@@ -26,7 +26,18 @@ def _check_rho(rho: float) -> float:
     return rho
 
 
-class KL(_Model):
+class _Penalty(_Model):
+    """A marginal penalty of strength ``rho > 0`` (``math.inf``: the hard constraint)."""
+
+    rho: float
+
+    @field_validator("rho")
+    @classmethod
+    def _rho(cls, rho: float) -> float:
+        return _check_rho(rho)
+
+
+class KL(_Penalty):
     """KL penalty ``rho * KL(mu || w)`` on a marginal ``mu`` with target weights ``w``.
 
     ``rho > 0``; ``rho = math.inf`` is the hard constraint. (POT: ``reg_m``; GeomLoss:
@@ -34,24 +45,12 @@ class KL(_Model):
     """
 
     type: Literal["KL"] = "KL"
-    rho: float
-
-    @field_validator("rho")
-    @classmethod
-    def _rho(cls, rho: float) -> float:
-        return _check_rho(rho)
 
 
-class TV(_Model):
+class TV(_Penalty):
     """Total-variation penalty ``rho * ||mu - w||_1`` on a marginal (``rho = math.inf``: hard)."""
 
     type: Literal["TV"] = "TV"
-    rho: float
-
-    @field_validator("rho")
-    @classmethod
-    def _rho(cls, rho: float) -> float:
-        return _check_rho(rho)
 
 
 Penalty = Union[KL, TV]
