@@ -20,8 +20,10 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# the main job: the OT example problems, then InfoNCE vs GCA-UOT pretraining on digits (~2 min)
 demo: $(VENV)/.installed
 	$(VENV)/bin/otalign demo
+	$(VENV)/bin/otalign train --compare infonce,gca-uot --seeds 0,1,2 --out results/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

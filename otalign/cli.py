@@ -1,4 +1,4 @@
-"""Command line: ``otalign demo`` (more sub-commands as the library grows).
+"""Command line: ``otalign demo``, ``otalign train`` and ``otalign bench``.
 
 The CLI only parses arguments and calls library functions.
 """
@@ -19,6 +19,87 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _items(text: Optional[str]) -> Optional[list[str]]:
+    """Split a comma-separated option; None stays None."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{text!r} has an empty item; expected a comma-separated list")
+    return items
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import time
+
+    from . import bench
+
+    if args.list:
+        print("problems:")
+        for spec in bench.all_problems():
+            print(f"  {spec.name}")
+        print("library configurations (default ones marked *):")
+        for lib, cls in bench.RUNNERS.items():
+            defaults = set(cls.default_configs())
+            names = ", ".join(f"{c}{'*' if c in defaults else ''}" for c in cls.CONFIGS)
+            print(f"  {lib}: {names}")
+        return 0
+    try:
+        settings = bench.BenchSettings.create(
+            quick=args.quick,
+            problems=_items(args.problems),
+            libraries=_items(args.libraries),
+            device=args.device,
+            dtype=args.dtype,
+            repeats=args.repeats,
+            out=args.out,
+            target=args.target,
+            fixed_iters=args.iters,
+            max_iter=args.max_iter,
+            budget_s=args.budget,
+            threads=args.threads,
+        )
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    if args.check:  # float64 unless --dtype says otherwise
+        results = bench.check_conventions(
+            device=settings.torch_device, dtype=bench.DTYPES[args.dtype or "float64"], libraries=_items(args.libraries)
+        )
+        print(bench.format_checks(results))
+        failed = [r for r in results if not r.ok and not r.status.startswith("skipped")]
+        print(f"{len(failed)} failure(s)" if failed else "all conventions agree with the float64 reference")
+        return 1 if failed else 0
+    t0 = time.perf_counter()
+    report = bench.run_benchmark(settings, progress=not args.no_progress)
+    paths = bench.write_outputs(report)
+    print(bench.format_table(report, paths["summary"]))
+    print(
+        f"\nwrote {paths['json']} and {len(paths['plots'])} plot(s) in {settings.out}/plots; "
+        f"wall time {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a finite number > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otalign", description="Entropic optimal transport with declarative constraints.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated point clouds")
     demo.add_argument("--epsilon", type=float, default=0.05, help="entropic strength (costs are scaled to [0, 1])")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="time otalign against POT, GeomLoss and OTT-JAX (ms/iter, time to tolerance, memory)",
+        description="Benchmark otalign against POT, GeomLoss and OTT-JAX on seeded problems; prints a "
+        "table and writes OUT/bench.json and OUT/plots/<problem>.png. See docs/benchmarks.md.",
+    )
+    bench.add_argument("--quick", action="store_true", help="small problems, few sweeps and repeats (under a minute on 2 CPU cores)")
+    bench.add_argument("--problems", metavar="LIST", help="comma-separated name patterns, e.g. 'balanced-n256*,contrastive' (see --list)")
+    bench.add_argument("--libraries", metavar="LIST", help="comma-separated 'library' or 'library:config' items, e.g. 'otalign,pot:sinkhorn_log'")
+    bench.add_argument("--device", default=None, help="cpu (default), cuda, cuda:<index> or auto")
+    bench.add_argument("--dtype", default=None, choices=["float32", "float64"], help="dtype of every library (default float32)")
+    bench.add_argument("--repeats", type=_positive_int, default=None, help="timed calls per median (default 5; quick 3)")
+    bench.add_argument("--out", default=None, metavar="DIR", help="output directory (default results/bench)")
+    bench.add_argument("--target", type=_positive_float, default=None, help="error target of time-to-tolerance (default 1e-4)")
+    bench.add_argument("--iters", type=_positive_int, default=None, help="sweeps of the ms/iter measurement (default 100; quick 20)")
+    bench.add_argument("--max-iter", type=_positive_int, default=None, help="sweep cap of time-to-tolerance runs (default 2000; quick 300)")
+    bench.add_argument("--budget", type=_positive_float, default=None, metavar="SECONDS", help="time budget of each stage of one configuration on one problem (default 120; quick 2)")
+    bench.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of torch and XLA during the run (default: 1 on cpu, the libraries' own on cuda)")
+    bench.add_argument("--check", action="store_true", help="only check every library's conventions against a float64 reference on tiny problems (float64 unless --dtype)")
+    bench.add_argument("--list", action="store_true", help="list the problems and library configurations, then exit")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_bench, parser=bench)
+
+    from .train_cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

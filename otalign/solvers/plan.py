@@ -141,8 +141,8 @@ class LogPlan:
         self.m = log_rb.shape[-1]
         self._buf: Optional[torch.Tensor] = None
         self.mode = "log"
-        self._alpha0: Optional[torch.Tensor] = None
-        self._beta0: Optional[torch.Tensor] = None
+        self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
+        self._G0: Optional[torch.Tensor] = None
         self._row_ids = [k for k, fp in enumerate(footprints) if fp is ROW or fp is SCALAR]
         self._col_ids = [k for k, fp in enumerate(footprints) if fp is COL]
         self._group_ids = [k for k, fp in enumerate(footprints) if isinstance(fp, Groups)]
@@ -156,17 +156,47 @@ class LogPlan:
         return torch.zeros(shape, dtype=self.log_ra.dtype, device=self.log_ra.device)
 
     def _aggregate_rows(self) -> None:
-        F = self._zeros(self.batch, self.n)
-        for k in self._row_ids:
-            d = self.duals[k]
-            F = F + (d[:, None] if self.footprints[k] is SCALAR else d)
+        parts = [self.duals[k][:, None] if self.footprints[k] is SCALAR else self.duals[k] for k in self._row_ids]
+        if len(parts) == 1 and parts[0].shape == (self.batch, self.n):
+            F = parts[0]  # the common case: one row dual is the row potential
+        else:
+            F = self._zeros(self.batch, self.n)
+            for part in parts:
+                F = F + part
         self.F = F
+        self._alpha: Optional[torch.Tensor] = None
 
     def _aggregate_cols(self) -> None:
-        G = self._zeros(self.batch, self.m)
-        for k in self._col_ids:
-            G = G + self.duals[k]
+        parts = [self.duals[k] for k in self._col_ids]
+        G = parts[0] if len(parts) == 1 else sum(parts, self._zeros(self.batch, self.m))
         self.G = G
+        self._beta: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def _cacheable(*inputs: torch.Tensor) -> bool:
+        """A value computed under ``no_grad`` from tensors that require grad must not be reused
+        where a graph is expected."""
+        return torch.is_grad_enabled() or not any(t.requires_grad for t in inputs)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """``F / eps + log r_a`` (computed when first needed after a change)."""
+        if self._alpha is not None:
+            return self._alpha
+        alpha = self.F / self.eps + self.log_ra
+        if self._cacheable(self.F, self.log_ra):
+            self._alpha = alpha
+        return alpha
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """``G / eps + log r_b``."""
+        if self._beta is not None:
+            return self._beta
+        beta = self.G / self.eps + self.log_rb
+        if self._cacheable(self.G, self.log_rb):
+            self._beta = beta
+        return beta
 
     def _set_base(self) -> None:
         """``Kbase = -C/eps (masked) + E/eps``; recomputed when eps or a block dual changes."""
@@ -185,19 +215,13 @@ class LogPlan:
         self._log_total: Optional[torch.Tensor] = None
         self._log_groups: dict[int, torch.Tensor] = {}
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.F / self.eps + self.log_ra
-
-    @property
-    def beta(self) -> torch.Tensor:
-        return self.G / self.eps + self.log_rb
-
     def set_epsilon(self, epsilon: float) -> None:
         """Change eps (annealing); the duals (in cost units) are kept. Leaves the kernel domain."""
         self.eps = float(epsilon)
         self.leave_kernel()
         self._set_base()
+        self._aggregate_rows()
+        self._aggregate_cols()
 
     # -- kernel domain ----------------------------------------------------------------------
     @property
@@ -209,42 +233,44 @@ class LogPlan:
         """Enter (or refresh) the kernel domain: ``Ktil = exp(log P)`` at the current duals."""
         if not self.kernel_capable:
             raise RuntimeError("the kernel domain needs inplace=True and no block duals")
-        a0, b0 = self.alpha.detach(), self.beta.detach()
         buf = self._buffer()
-        torch.add(self.kbase, a0[:, :, None], out=buf)
-        buf.add_(b0[:, None, :])
+        torch.add(self.kbase, self.alpha[:, :, None], out=buf)
+        buf.add_(self.beta[:, None, :])
         floor = exp_floor(buf.dtype)
         tiny = math.exp(floor) * (1 + 1e-3)
         buf.clamp_(min=floor).exp_()
         buf.masked_fill_(buf <= tiny, 0.0)  # flush what would be denormal (slow in matvec too)
-        self._alpha0, self._beta0 = a0, b0
-        self._live_a, self._live_b = torch.isfinite(a0), torch.isfinite(b0)
+        # the reference weights are constant, so the scalings are du = exp((F - F0) / eps),
+        # dv = exp((G - G0) / eps): finite even on padded rows, whose Ktil rows are 0
+        self._F0, self._G0 = self.F.detach(), self.G.detach()
         self.mode = "kernel"
 
     def leave_kernel(self) -> None:
         """Back to log-domain reductions (the buffer is reused for them)."""
         self.mode = "log"
-        self._alpha0 = self._beta0 = None
+        self._F0 = self._G0 = None
 
     def _log_du(self) -> torch.Tensor:
-        return torch.where(self._live_a, self.alpha - self._alpha0, torch.zeros_like(self._alpha0))
+        return (self.F - self._F0) / self.eps
 
     def _log_dv(self) -> torch.Tensor:
-        return torch.where(self._live_b, self.beta - self._beta0, torch.zeros_like(self._beta0))
+        return (self.G - self._G0) / self.eps
 
     def kernel_drift(self) -> torch.Tensor:
         """``(B,)`` largest |log du|, |log dv|: how far the scalings moved since :meth:`absorb`."""
         return torch.maximum(self._log_du().abs().amax(-1), self._log_dv().abs().amax(-1))
 
     def _kernel_row(self) -> torch.Tensor:
+        log_du = self._log_du()
         dv = torch.exp(self._log_dv())
         # (dv^T Ktil^T) rather than (Ktil dv): the same product, but MKL's batched gemm is 5-8x
         # slower on CPU for a column right-hand side (measured, B = 16, n = 512)
-        return torch.log(torch.bmm(dv[:, None, :], self._buf.transpose(1, 2))[:, 0]) + self._log_du()
+        return torch.log(torch.bmm(dv[:, None, :], self._buf.transpose(1, 2))[:, 0]).add_(log_du)
 
     def _kernel_col(self) -> torch.Tensor:
+        log_dv = self._log_dv()
         du = torch.exp(self._log_du())
-        return torch.log(torch.bmm(du[:, None, :], self._buf)[:, 0]) + self._log_dv()
+        return torch.log(torch.bmm(du[:, None, :], self._buf)[:, 0]).add_(log_dv)
 
     # -- reductions -------------------------------------------------------------------------
     def _buffer(self) -> torch.Tensor:

@@ -127,9 +127,8 @@ def kl_step(dual: torch.Tensor, log_target: torch.Tensor, log_marginal: torch.Te
     """The exact KL projection: the dual value that makes the marginal equal the target.
 
     ``dual + eps * (log target - log marginal)``; entries whose marginal is exactly zero (rows
-    forced to zero) keep their dual, so no ``inf - inf`` appears.
+    forced to zero) keep their dual. (The discarded branch may hold ``inf - inf``; ``where``
+    passes it no gradient.)
     """
-    alive = log_marginal > -math.inf
-    safe_marginal = torch.where(alive, log_marginal, torch.zeros_like(log_marginal))
-    step = dual + eps * (log_target - safe_marginal)
-    return torch.where(alive, step, dual)
+    step = torch.add(dual, log_target - log_marginal, alpha=eps)
+    return torch.where(log_marginal > -math.inf, step, dual)
