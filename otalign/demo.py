@@ -76,7 +76,7 @@ def run_demo(seed: int = 0, epsilon: float = 0.05) -> list[Summary]:
     def run(name, cost, cons, **kw):
         t0 = time.perf_counter()
         res = solve(cost, cons, epsilon=kw.pop("epsilon", epsilon), tol=1e-6, max_iter=5000, **kw)
-        res.plan  # materialise inside the timing
+        _ = res.plan  # materialise inside the timing
         return name, cost, cons, res, time.perf_counter() - t0
 
     runs.append(run("balanced", cost, C.balanced()))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["add_train_parser"]
 

@@ -16,7 +16,6 @@ def run(rank: int, world: int, port: int, out_dir: str, loss_name: str) -> None:
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from otalign import contrastive as cl
 
         torch.manual_seed(0)
         data = torch.load(os.path.join(out_dir, "data.pt"))

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import otalign as ota
 from otalign import constraints as C
 from otalign import contrastive as cl
 

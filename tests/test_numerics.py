@@ -1,6 +1,5 @@
 """Closed forms, invariances, precision (float16/bfloat16/float32), zeros, convergence reporting."""
 
-import math
 
 import numpy as np
 import pytest

@@ -1,10 +1,8 @@
 """Every constraint family against an independent dual solver (tests/reference.py), float64."""
 
-import math
 
 import numpy as np
 import pytest
-import torch
 
 import otalign as ota
 from conftest import random_problem, t64

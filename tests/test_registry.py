@@ -6,7 +6,6 @@ lower-bound dual (>= 0) and an upper-bound dual (<= 0).
 """
 
 import numpy as np
-import pytest
 import torch
 
 import otalign as ota

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -11,7 +9,7 @@ import torch
 
 from ..constraints import factories
 from .engine import Acceleration, center_potentials, iterate
-from .exact import ExactResult, solve_exact
+from .exact import solve_exact
 from .gradients import dual_value, implicit_duals
 from .plan import LogPlan
 from .result import OTResult
@@ -66,13 +64,10 @@ def _initial_duals(prep: Prepared, init: Init) -> list[Optional[torch.Tensor]]:
     return duals
 
 
-def _needs_graph(cost: torch.Tensor, prep: Prepared) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [cost]
-    for c in prep.constraints:
-        tensors += [v for v in c.__dict__.values() if isinstance(v, torch.Tensor)]
-    return any(t.requires_grad for t in tensors)
+def _grad_inputs(cost: torch.Tensor, prep: Prepared) -> list[torch.Tensor]:
+    """The inputs that require grad: the cost and any tensor field of a constraint."""
+    tensors = [cost] + [v for c in prep.constraints for v in c.__dict__.values() if isinstance(v, torch.Tensor)]
+    return [t for t in tensors if t.requires_grad]
 
 
 def solve(
@@ -153,7 +148,8 @@ def solve(
     if epsilon == 0 and not isinstance(epsilon, bool):
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
-    track = grad != "none" and _needs_graph(cost, prep)
+    grad_inputs = _grad_inputs(cost, prep) if torch.is_grad_enabled() else []
+    track = grad != "none" and bool(grad_inputs)
     footprints = [p.footprint for p in prep.projectors]
 
     def make_plan(duals, inplace=False):
@@ -189,7 +185,7 @@ def solve(
         if track:
             state = make_plan(final)
         if track and grad == "envelope":
-            anchor = _anchor(cost, prep)
+            anchor = grad_inputs[0]  # a tensor that requires grad, to hang the output guards on
             with torch.no_grad():
                 primal = OTResult(state, prep.projectors, prep.constraints, trace, epsilon=epsilon,
                                   entropy=entropy, tol=tol, batched=True, out_dtype=prep.problem.dtype)._value
@@ -226,17 +222,6 @@ def _schedule(cost: torch.Tensor, epsilon: float, anneal: Optional[float]) -> tu
         out.append(eps)
         eps *= anneal
     return tuple(out)
-
-
-def _anchor(cost: torch.Tensor, prep: Prepared) -> torch.Tensor:
-    """A tensor that requires grad, to hang the envelope guards on."""
-    if cost.requires_grad:
-        return cost
-    for c in prep.constraints:
-        for v in c.__dict__.values():
-            if isinstance(v, torch.Tensor) and v.requires_grad:
-                return v
-    raise AssertionError("envelope mode without any input that requires grad")
 
 
 def sinkhorn(cost: torch.Tensor, a: Any = None, b: Any = None, *, epsilon: float, **kwargs: Any) -> OTResult:

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from ...constraints.types import KL, TV, Marginal
+from ...constraints.types import Marginal
 from ..footprint import COL, ROW
 from ..problem import Problem, safe_log
 from ..registry import Projector, Support, kl_step, register
