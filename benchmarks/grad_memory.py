@@ -1,11 +1,14 @@
 """Backward peak memory and time vs iteration count: otalign's gradient modes next to POT's.
 
-For each configuration a fresh process builds the problem (float32, points on the unit sphere in
-R^128, squared Euclidean cost, epsilon = 0.05, a fixed number of iterations), then runs forward +
-backward of ``value`` w.r.t. the cost (and of a linear functional of the plan for the modes that
-support it). Peak memory is the growth of the process's peak resident set size (``ru_maxrss``)
-from the moment the inputs exist: it counts every byte the solve and its backward allocate,
-torch or not, at page granularity. Time is wall clock of forward + backward, median of repeats.
+For each configuration fresh processes build the problem (float32, points on the unit sphere in
+R^128, squared Euclidean cost, epsilon = 0.05, a fixed number of iterations), then run forward +
+backward of ``value`` w.r.t. the cost. Peak memory is the growth of the process's peak resident set
+size (``ru_maxrss``) from the moment the inputs exist: every byte the solve and its backward
+allocate, torch or not, at page granularity. It is measured in its own process with
+``MALLOC_MMAP_THRESHOLD_=65536``, so that glibc returns every freed large block at once (with its
+default dynamic threshold, freed temporaries stay in the heap and the high-water mark then
+depends on fragmentation, not on what is alive). Time is wall clock of forward + backward, median
+of repeats, in a process with the default allocator.
 
     python benchmarks/grad_memory.py [--iters 10 100 1000] [--repeats 3] [--max-gb 12]
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import time
@@ -64,15 +68,35 @@ def _worker(spec: dict, queue) -> None:
     queue.put({"seconds": statistics.median(times), "peak_mb": _rss_mb() - start_rss})
 
 
-def measure(spec: dict) -> dict:
+def _spawn(spec: dict, env: dict) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(spec, queue))
-    proc.start()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = ctx.Process(target=_worker, args=(spec, queue))
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     proc.join()
     if proc.exitcode != 0:
         return {"error": f"worker exited with {proc.exitcode}"}
     return queue.get()
+
+
+def measure(spec: dict) -> dict:
+    """Time with the default allocator; memory with large blocks returned to the system at once."""
+    timed = _spawn(spec, {})
+    if "error" in timed:
+        return timed
+    mem = _spawn(dict(spec, repeats=1), {"MALLOC_MMAP_THRESHOLD_": "65536"})
+    if "error" in mem:
+        return mem
+    return {"seconds": timed["seconds"], "peak_mb": mem["peak_mb"]}
 
 
 def main() -> None:

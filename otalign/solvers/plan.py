@@ -14,9 +14,10 @@ ROW dual moves by ``delta`` the row marginal moves by exactly ``delta / eps`` in
 entry of the row is rescaled by the same factor), so the next query costs nothing; only the
 marginals the move actually disturbs are recomputed with a log-sum-exp over ``(B, n, m)``.
 
-Two execution modes: ``inplace=True`` (no autograd: one reusable ``(B, n, m)`` buffer, no
-temporaries allocated per reduction) and ``inplace=False`` (functional ops that autograd can
-differentiate, used when gradients are unrolled through the iterations).
+Every log-domain reduction works inside one reusable ``(B, n, m)`` buffer (no ``n x m``
+temporary is allocated per iteration). When gradients are unrolled through the iterations
+(``inplace=False``) the reduction is a custom autograd function that saves only its inputs and
+output; ``inplace=True`` (no autograd) additionally allows the kernel domain below.
 
 **Stabilised kernel domain** (``inplace`` only, no block duals). A log-domain reduction computes
 one exp per entry; the kernel domain needs none. :meth:`absorb` stores
@@ -76,10 +77,8 @@ class _BroadcastLSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, base: torch.Tensor, vec: torch.Tensor, dim: int) -> torch.Tensor:
-        shape = torch.broadcast_shapes(base.shape, vec.shape)
-        buf = torch.empty(shape, dtype=base.dtype, device=base.device)
-        out = _lse_inplace(base, vec, dim, buf)
+    def forward(ctx, base: torch.Tensor, vec: torch.Tensor, dim: int, buf: torch.Tensor) -> torch.Tensor:
+        out = _lse_inplace(base, vec, dim, buf)  # buf: scratch space, not saved
         ctx.save_for_backward(base, vec, out)
         ctx.dim = dim
         return out
@@ -94,16 +93,15 @@ class _BroadcastLSE(torch.autograd.Function):
         weights.mul_(torch.where(torch.isfinite(out), grad, torch.zeros_like(grad)).unsqueeze(dim))
         grad_base = weights.sum_to_size(base.shape) if ctx.needs_input_grad[0] else None
         grad_vec = weights.sum_to_size(vec.shape) if ctx.needs_input_grad[1] else None
-        return grad_base, grad_vec, None
+        return grad_base, grad_vec, None, None
 
 
-def _lse(base: torch.Tensor, vec: torch.Tensor, dim: int) -> torch.Tensor:
-    """Differentiable ``log sum exp(base + vec)`` along ``dim``; entirely ``-inf`` slices give
-    ``-inf`` with a zero (not NaN) gradient."""
+def _lse(base: torch.Tensor, vec: torch.Tensor, dim: int, buf: torch.Tensor) -> torch.Tensor:
+    """Differentiable ``log sum exp(base + vec)`` along ``dim`` (``buf``: reusable scratch space of
+    the broadcast shape); entirely ``-inf`` slices give ``-inf`` with a zero (not NaN) gradient."""
     if not (base.requires_grad or vec.requires_grad):
-        buf = torch.empty(torch.broadcast_shapes(base.shape, vec.shape), dtype=base.dtype, device=base.device)
         return _lse_inplace(base, vec, dim, buf)
-    return _BroadcastLSE.apply(base, vec, dim)
+    return _BroadcastLSE.apply(base, vec, dim, buf)
 
 
 class LogPlan:
@@ -116,7 +114,7 @@ class LogPlan:
         allowed: ``(B', n, m)`` bool or None; False entries are forbidden.
         footprints: one per constraint, None for constraints without a dual.
         duals: the initial duals, aligned with ``footprints`` (None where no dual).
-        inplace: use the allocation-free reductions (only valid without autograd).
+        inplace: no autograd through the iterations (allows the kernel domain).
     """
 
     def __init__(
@@ -283,22 +281,12 @@ class LogPlan:
     def _row_lse(self) -> torch.Tensor:
         if self.mode == "kernel":
             return self._kernel_row()
-        beta = self.beta[:, None, :]
-        if self.inplace:
-            inner = _lse_inplace(self.kbase, beta, -1, self._buffer())
-        else:
-            inner = _lse(self.kbase, beta, -1)
-        return inner + self.alpha
+        return _lse(self.kbase, self.beta[:, None, :], -1, self._buffer()) + self.alpha
 
     def _col_lse(self) -> torch.Tensor:
         if self.mode == "kernel":
             return self._kernel_col()
-        alpha = self.alpha[:, :, None]
-        if self.inplace:
-            inner = _lse_inplace(self.kbase, alpha, -2, self._buffer())
-        else:
-            inner = _lse(self.kbase, alpha, -2)
-        return inner + self.beta
+        return _lse(self.kbase, self.alpha[:, :, None], -2, self._buffer()) + self.beta
 
     def log_plan(self) -> torch.Tensor:
         """``log P``, shape ``(B, n, m)`` (``-inf`` on forbidden pairs and padded rows/columns)."""
