@@ -11,10 +11,11 @@ import torch
 import torch.distributed as dist
 
 
-def run(rank: int, world: int, port: int, out_dir: str, loss_name: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def run(rank: int, world: int, out_dir: str, loss_name: str) -> None:
+    # rendezvous through a file (no port to race for) and gloo on the loopback interface
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    store = os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
 
         torch.manual_seed(0)
@@ -32,6 +33,8 @@ def run(rank: int, world: int, port: int, out_dir: str, loss_name: str) -> None:
         loss.backward()
         torch.save({"loss": loss.detach(), "weight_grad": encoder.weight.grad, "bias_grad": encoder.bias.grad,
                     "x_a_grad": x_a.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
+        del model  # release DDP's reducer before the process group goes
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

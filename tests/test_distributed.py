@@ -1,8 +1,6 @@
 """DDP correctness with 2 real gloo processes on CPU (no mocks): with gather_distributed=True and
 DDP's gradient averaging, the loss and the gradients equal one process on the whole batch."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -10,12 +8,6 @@ import torch.multiprocessing as mp
 import ddp_worker
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("loss_name", ["infonce", "gca-uot", "domain"])
@@ -30,7 +22,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, loss_name):
         "state": encoder.state_dict(),
     }
     torch.save(data, tmp_path / "data.pt")
-    mp.spawn(ddp_worker.run, args=(world, _free_port(), str(tmp_path), loss_name), nprocs=world, join=True)
+    mp.spawn(ddp_worker.run, args=(world, str(tmp_path), loss_name), nprocs=world, join=True)
 
     # one process, whole batch, no gathering
     x_a = data["x_a"].clone().requires_grad_(True)

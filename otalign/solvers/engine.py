@@ -172,7 +172,7 @@ def iterate(
             it += 1
     if acc.schedule:
         plan.set_epsilon(target_eps)
-    potentials = (plan.F.clone(), plan.G.clone())
+    before_last = (plan.F, plan.G)  # potentials before the last sweep (duals are replaced, not mutated)
 
     while True:
         if (it % check_every == 0 or it == max_iter) and (not check_iters or it != check_iters[-1]):
@@ -189,6 +189,8 @@ def iterate(
                 for k in ids:  # roll back to the last check
                     if previous[k] is not None:
                         plan.set_dual(k, torch.where(_mask(bad, previous[k]), previous[k], plan.duals[k]))
+            if plan.mode == "kernel" and _largest(plan.kernel_drift(), active) > safe:
+                plan.absorb()  # the stopping test always reads an exact kernel
             err, marginals = measure_errors(plan, projectors, marginals)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
             if omega is not None and acc.overrelax == "adaptive" and history:
@@ -208,9 +210,11 @@ def iterate(
             if it >= max_iter or n_active == 0:
                 break
             all_active = n_active == B
-            if kernel and len(check_iters) > 1:  # the first interval gives the first movement
-                _choose_domain(plan, potentials, active, safe)
-            potentials = (plan.F.clone(), plan.G.clone())
+            if kernel and len(check_iters) > 1:  # the last sweep's movement decides
+                _choose_domain(plan, before_last, active, safe, check_every)
+            elif kernel:  # no movement measured yet
+                plan.absorb_if_safe_at_start(safe)
+        before_last = (plan.F, plan.G)
         sweep(plan, projectors, ids, None if all_active else active, omega)
         it += 1
 
@@ -250,20 +254,22 @@ def _adapt_omega(omega, blocked, ratio, just_set, err, last, check_every, omega_
     return omega, blocked, torch.where(plain, new_ratio, ratio), stable
 
 
-def _choose_domain(plan: LogPlan, potentials, active: torch.Tensor, safe: float) -> None:
-    """Pick the domain of the next interval: the kernel domain when the scalings moved less than
-    ``safe / 2`` (log units) during the last one, so that the next interval stays within ``safe``."""
-    F0, G0 = potentials
-    zero = torch.zeros(plan.batch, dtype=plan.F.dtype, device=plan.F.device)
-    moved = torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
-    moved = float(torch.where(active, moved, zero).amax())
-    if plan.mode == "kernel":
-        drift = float(torch.where(active, plan.kernel_drift(), zero).amax())
-        if moved > safe / 2 or not math.isfinite(drift):
-            plan.leave_kernel()
-        elif drift > safe / 4:
-            plan.absorb()
-    elif moved <= safe / 2:
+def _largest(values: torch.Tensor, active: torch.Tensor) -> float:
+    return float(torch.where(active, values, torch.zeros_like(values)).amax())
+
+
+def _choose_domain(plan: LogPlan, before_last, active: torch.Tensor, safe: float, check_every: int) -> None:
+    """Pick the domain of the next interval. The kernel domain unless ``check_every`` sweeps
+    moving as much as the last one could drift the scalings past ``2 * safe`` log units (where
+    the products could overflow); within ``safe`` the kernel is exact, beyond it only entries that
+    were negligible at absorption are misrepresented, and the next check re-absorbs before it
+    measures the error."""
+    F0, G0 = before_last
+    step = torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
+    projected = check_every * _largest(step, active)
+    if not math.isfinite(projected) or projected > 2 * safe:
+        plan.leave_kernel()
+    elif plan.mode == "log":
         plan.absorb()
 
 

@@ -24,11 +24,13 @@ one exp per entry; the kernel domain needs none. :meth:`absorb` stores
 ``Ktil = exp(Kbase + alpha0_i + beta0_j)`` (the plan at the absorbed potentials ``alpha0``,
 ``beta0``), after which ``P = diag(du) Ktil diag(dv)`` with ``du = exp(alpha - alpha0)``,
 ``dv = exp(beta - beta0)``, and every marginal is a batched matrix-vector product
-(``P 1 = du * (Ktil dv)``): bandwidth-bound, one read of ``Ktil``. The scalings stay within
-``exp(+-drift)`` of 1; the engine re-absorbs (or falls back to log-domain sweeps) when the drift
-could leave the range where the product is exact (:data:`SAFE_DRIFT`), so the kernel domain is
-as stable as the log domain at small epsilon. Entries of ``Ktil`` below the smallest normal float
-are flushed to zero (their contribution is below ``tiny * exp(2 * drift)``).
+(``P 1 = du * (Ktil dv)``): bandwidth-bound, one read of ``Ktil``. Entries of ``Ktil`` below the
+smallest normal float are flushed to zero; while the scalings stay within ``exp(+-drift)`` of 1,
+with ``drift <= SAFE_DRIFT``, what those entries would contribute is below
+``tiny * exp(2 * drift)``, i.e. below the dtype's resolution. The engine re-absorbs before every
+convergence check once the drift passes ``SAFE_DRIFT / 2`` (so the stopping test always reads an
+exact kernel) and falls back to log-domain sweeps when an interval could drift past
+``2 * SAFE_DRIFT`` or overflows, so the kernel domain is as stable as the log domain.
 """
 
 from __future__ import annotations
@@ -197,15 +199,39 @@ class LogPlan:
         return beta
 
     def _set_base(self) -> None:
-        """``Kbase = -C/eps (masked) + E/eps``; recomputed when eps or a block dual changes."""
+        """Forget ``Kbase``; it is rebuilt when first needed (eps or a block dual changed)."""
+        self._kbase: Optional[torch.Tensor] = None
+        self._clear_caches()
+
+    @property
+    def kbase(self) -> torch.Tensor:
+        """``Kbase = -C/eps (-inf on forbidden pairs) + E/eps``, ``(B', n, m)``, built lazily: a
+        solve that runs in the kernel domain from the start never needs it."""
+        if self._kbase is not None:
+            return self._kbase
         klog = self.cost / (-self.eps)
         if self.allowed is not None:
             klog = klog.masked_fill(~self.allowed, _NEG_INF)
-        if self._group_ids:
+        groups = [self.duals[k] for k in self._group_ids]
+        if groups:
             E = sum(self.footprints[k].expand(self.duals[k]) for k in self._group_ids)
             klog = klog + E / self.eps
-        self.kbase = klog
-        self._clear_caches()
+        if self._cacheable(self.cost, *groups):
+            self._kbase = klog
+        return klog
+
+    @property
+    def plain(self) -> bool:
+        """``Kbase`` is just ``-C / eps`` (no forbidden pairs, no block duals)."""
+        return self.allowed is None and not self._group_ids
+
+    def log_plan_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Write ``log P`` into ``out`` (``(B, n, m)``), fusing ``-C / eps`` when ``Kbase`` is plain."""
+        if self.plain and self._kbase is None:
+            torch.add(self.alpha[:, :, None], self.cost, alpha=-1.0 / self.eps, out=out)
+        else:
+            torch.add(self.kbase, self.alpha[:, :, None], out=out)
+        return out.add_(self.beta[:, None, :])
 
     def _clear_caches(self) -> None:
         self._log_row: Optional[torch.Tensor] = None
@@ -231,17 +257,37 @@ class LogPlan:
         """Enter (or refresh) the kernel domain: ``Ktil = exp(log P)`` at the current duals."""
         if not self.kernel_capable:
             raise RuntimeError("the kernel domain needs inplace=True and no block duals")
-        buf = self._buffer()
-        torch.add(self.kbase, self.alpha[:, :, None], out=buf)
-        buf.add_(self.beta[:, None, :])
+        self._log_plan_into_buffer()
+        self._exponentiate_buffer()
+
+    def _log_plan_into_buffer(self) -> torch.Tensor:
+        return self.log_plan_into(self._buffer())
+
+    def _exponentiate_buffer(self) -> None:
+        buf = self._buf
         floor = exp_floor(buf.dtype)
-        tiny = math.exp(floor) * (1 + 1e-3)
         buf.clamp_(min=floor).exp_()
-        buf.masked_fill_(buf <= tiny, 0.0)  # flush what would be denormal (slow in matvec too)
+        # flush what would be denormal (slow in the mat-vec products too): one in-place pass
+        torch.nn.functional.threshold_(buf, math.exp(floor) * (1 + 1e-3), 0.0)
         # the reference weights are constant, so the scalings are du = exp((F - F0) / eps),
         # dv = exp((G - G0) / eps): finite even on padded rows, whose Ktil rows are 0
         self._F0, self._G0 = self.F.detach(), self.G.detach()
         self.mode = "kernel"
+        self._clear_caches()  # recompute the marginals from the fresh kernel
+
+    def absorb_if_safe_at_start(self, safe: float) -> bool:
+        """Enter the kernel domain before any movement is measured, if the largest entry of
+        ``log P`` in every live row and column is at least ``safe`` above the float floor (nothing
+        significant underflows in ``Ktil``; the engine's safety net covers the rest)."""
+        if not self.kernel_capable:
+            return False
+        buf = self._log_plan_into_buffer()
+        rows, cols = buf.amax(-1), buf.amax(-2)
+        floor = exp_floor(buf.dtype) + safe
+        if not (bool(((rows > floor) | (rows == _NEG_INF)).all()) and bool(((cols > floor) | (cols == _NEG_INF)).all())):
+            return False
+        self._exponentiate_buffer()
+        return True
 
     def leave_kernel(self) -> None:
         """Back to log-domain reductions (the buffer is reused for them)."""
@@ -274,7 +320,7 @@ class LogPlan:
     def _buffer(self) -> torch.Tensor:
         if self._buf is None:
             self._buf = torch.empty(
-                (self.batch, self.n, self.m), dtype=self.kbase.dtype, device=self.kbase.device
+                (self.batch, self.n, self.m), dtype=self.cost.dtype, device=self.cost.device
             )
         return self._buf
 

@@ -91,7 +91,12 @@ class OTResult:
 
     @cached_property
     def _plan(self) -> torch.Tensor:
-        return torch.exp(self._log_plan)
+        st = self._state
+        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (st.cost, st.alpha, st.beta))
+        if "_log_plan" in self.__dict__ or tracked or st.batch != max(st.cost.shape[0], st.alpha.shape[0]):
+            return torch.exp(self._log_plan)
+        out = torch.empty((st.batch, st.n, st.m), dtype=st.cost.dtype, device=st.cost.device)
+        return st.log_plan_into(out).exp_()  # one allocation: log P, exponentiated in place
 
     @cached_property
     def _log_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +195,7 @@ class OTResult:
         return self._out(self._trace.diverged)
 
     def __repr__(self) -> str:
-        shape = tuple(self._state.kbase.shape[-2:])
+        shape = (self._state.n, self._state.m)
         batch = f"B={self._state.batch}, " if self._batched else ""
         conv = self._trace.converged
         return (

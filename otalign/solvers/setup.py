@@ -51,6 +51,10 @@ def _check_cost(cost: Any) -> torch.Tensor:
         raise ValueError(f"cost has dtype {cost.dtype}; expected a floating-point tensor")
     if cost.dim() not in (2, 3) or cost.shape[-1] == 0 or cost.shape[-2] == 0 or cost.numel() == 0:
         raise ValueError(f"cost has shape {tuple(cost.shape)}; expected (n, m) or (B, n, m) with n, m >= 1")
+    # one reduction instead of a boolean mask of the cost: the sum is finite iff every entry is
+    # (barring overflow of the sum itself, which falls back to the exact count below)
+    if bool(torch.isfinite(cost.detach().sum())):
+        return cost
     bad = ~torch.isfinite(cost.detach())
     if bool(bad.any()):
         raise ValueError(
