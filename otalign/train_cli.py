@@ -105,6 +105,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.compare:
         cmp = ex.run_comparison(factories, seeds, config)
         print(cmp.table())
+        if len(cmp.names) > 1:
+            print("\n" + cmp.differences_table())
         print(f"\nloss hyper-parameters: {params.to_dict()}\nwrote {out / 'comparison.json'} and {out / 'comparison.png'}")
     elif args.domain_sweep:
         sweep = ex.run_domain_sweep(factories, config, seeds=seeds)

@@ -357,3 +357,40 @@ def test_data_dependent_limits_and_loss_contract(digits):
         pretrain(small_config(epochs=1), lambda z_a, z_b: z_a.sum() * math.nan, digits)
     with pytest.raises(ValueError, match="seeds"):
         run_comparison({"ntxent": NTXent}, seeds=[0, 0], config=small_config(), data=digits)
+
+
+def _fake_run(name, seed, acc, knn):
+    from otalign.experiments.evaluate import Metrics
+
+    return RunResult(
+        name=name,
+        config=TrainConfig(seed=seed),
+        epoch_losses=[1.0],
+        step_losses=[1.0],
+        metrics=Metrics(linear_probe_acc=acc, knn_acc=knn, alignment=0.1, uniformity=-2.0),
+        timings={"pretrain": 1.0, "evaluate": 0.1, "total": 1.1},
+    )
+
+
+def test_seed_paired_differences_and_json_round_trip(tmp_path):
+    from otalign.experiments.compare import Comparison
+
+    accs = {"base": [0.90, 0.80, 0.70], "new": [0.91, 0.80, 0.75]}
+    runs = [_fake_run(name, s, accs[name][s], 0.5) for name in accs for s in range(3)]
+    cmp = Comparison(config=TrainConfig(), seeds=[0, 1, 2], runs=runs)
+    d = cmp.differences()["new"]["linear_probe_acc"]
+    diffs = np.array([0.01, 0.0, 0.05])
+    assert d["mean"] == pytest.approx(diffs.mean())
+    assert d["std"] == pytest.approx(diffs.std(ddof=1))
+    assert (d["n"], d["wins"], d["ties"]) == (3, 2, 1)
+    assert cmp.differences()["new"]["knn_acc"]["wins"] == 0
+    # the unpaired std (0.1 per loss) hides what the paired one shows
+    assert cmp.summary()["new"]["linear_probe_acc"]["std"] > 3 * d["std"]
+    assert "2/3 higher" in cmp.differences_table()
+    assert "base" in cmp.differences("new") and "new" not in cmp.differences("new")
+    with pytest.raises(ValueError, match="baseline='nope'"):
+        cmp.differences("nope")
+    cmp.save(tmp_path)
+    back = Comparison.load(tmp_path)
+    assert back.differences() == cmp.differences()
+    assert json.loads((tmp_path / "comparison.json").read_text())["differences"]["baseline"] == "base"

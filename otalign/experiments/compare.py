@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -76,13 +77,79 @@ class Comparison:
         )
         return format_table(header, rows) + "\n" + note
 
+    def differences(self, baseline: Optional[str] = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """Seed-paired differences to a baseline loss (default: the first one).
+
+        Runs with the same seed share the model's initialisation, the batch order and the
+        augmentations, so ``metric(loss, seed) - metric(baseline, seed)`` removes most of the
+        seed-to-seed spread. ``differences()[name][metric]`` is ``{"mean", "std", "n", "wins",
+        "ties"}`` over the seeds both losses ran: ``wins`` counts seeds where ``name`` scored
+        strictly higher than the baseline, ``ties`` equal scores (for the accuracy metrics;
+        alignment and uniformity are lower-is-better, their differences are reported as they are).
+        """
+        baseline = self.names[0] if baseline is None else baseline
+        if baseline not in self.names:
+            raise ValueError(f"baseline={baseline!r}; expected one of {self.names}")
+        by_key = {(r.name, r.config.seed): r for r in self.runs}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in self.names:
+            if name == baseline:
+                continue
+            seeds = [s for s in self.seeds if (name, s) in by_key and (baseline, s) in by_key]
+            out[name] = {}
+            for m in self.metrics:
+                pairs = [
+                    (getattr(by_key[name, s].metrics, m), getattr(by_key[baseline, s].metrics, m)) for s in seeds
+                ]
+                diffs = [x - y for x, y in pairs if x is not None and y is not None]
+                stats: dict[str, Any] = dict(mean_std(diffs))
+                stats["wins"] = sum(d > 0 for d in diffs)
+                stats["ties"] = sum(d == 0 for d in diffs)
+                out[name][m] = stats
+        return out
+
+    def differences_table(self, baseline: Optional[str] = None) -> str:
+        """Text table of :meth:`differences` for the accuracy metrics (percentage points, mean +-
+        std over seeds, and wins / seeds)."""
+        baseline = self.names[0] if baseline is None else baseline
+        diffs = self.differences(baseline)
+        metrics = [m for m in self.metrics if m.endswith("_acc")]
+        header = ["loss", *(f"{METRIC_LABELS[m]} - {baseline}" for m in metrics)]
+        rows = []
+        for name, stats in diffs.items():
+            cells = []
+            for m in metrics:
+                st = stats[m]
+                cells.append(
+                    f"{format_stat(st, percent=True)} ({st['wins']}/{st['n']} higher)" if st["n"] else "-"
+                )
+            rows.append([name, *cells])
+        note = f"seed-paired differences to {baseline} in percentage points (same seed = same init, batches, views)"
+        return format_table(header, rows) + "\n" + note
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "config": self.config.to_dict(),
             "seeds": self.seeds,
             "summary": self.summary(),
             "runs": [r.to_dict() for r in self.runs],
         }
+        if len(self.names) > 1:
+            out["differences"] = {"baseline": self.names[0], "stats": self.differences()}
+        return out
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> Comparison:
+        """Rebuild a comparison from its ``comparison.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "comparison.json"
+        values = json.loads(path.read_text())
+        return cls(
+            config=TrainConfig.from_dict(values["config"]),
+            seeds=list(values["seeds"]),
+            runs=[RunResult.from_dict(r) for r in values["runs"]],
+        )
 
     def save(self, directory: Union[str, Path]) -> dict[str, Path]:
         """Write ``comparison.json`` (config, summary, every run's record) and ``comparison.png``
