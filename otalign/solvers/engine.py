@@ -189,7 +189,11 @@ def iterate(
                 for k in ids:  # roll back to the last check
                     if previous[k] is not None:
                         plan.set_dual(k, torch.where(_mask(bad, previous[k]), previous[k], plan.duals[k]))
-            if plan.mode == "kernel" and _largest(plan.kernel_drift(), active) > safe:
+            if kernel and not check_iters and plan.mode != "kernel":
+                # no movement measured yet: enter the kernel domain now if nothing significant
+                # underflows, so that even this first check reads the marginals by mat-vec products
+                plan.absorb_if_safe_at_start(safe)
+            elif plan.mode == "kernel" and _largest(plan.kernel_drift(), active) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
             err, marginals = measure_errors(plan, projectors, marginals)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
@@ -212,8 +216,6 @@ def iterate(
             all_active = n_active == B
             if kernel and len(check_iters) > 1:  # the last sweep's movement decides
                 _choose_domain(plan, before_last, active, safe, check_every)
-            elif kernel:  # no movement measured yet
-                plan.absorb_if_safe_at_start(safe)
         before_last = (plan.F, plan.G)
         sweep(plan, projectors, ids, None if all_active else active, omega)
         it += 1
