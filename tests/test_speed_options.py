@@ -75,6 +75,43 @@ def test_kernel_domain_in_a_batch_with_padding_and_small_epsilon():
     assert float((fast.plan - slow.plan).abs().sum((1, 2)).max()) < 2e-2
 
 
+@pytest.mark.parametrize("dtype, shift", [(torch.float64, 0.0), (torch.float64, 1e3), (torch.float32, 0.0), (torch.float32, 10.0)])
+def test_final_plan_scaled_from_the_kept_kernel_equals_exp_log_plan(monkeypatch, dtype, shift):
+    """The plan of a kernel-domain solve is diag(du) Ktil diag(dv) (no exp per entry), as exact
+    as exp(log P), also after the potentials were centred by a large gauge shift (a cost offset
+    moves f and g by ~shift / 2)."""
+    from otalign.solvers.plan import LogPlan
+
+    taken = []
+    real = LogPlan.take_plan
+    monkeypatch.setattr(LogPlan, "take_plan", lambda self: taken.append(real(self)) or taken[-1])
+    cost = sphere_cost(50, 40, 3, dtype=torch.float64) + shift
+    reference = ota.solve(cost, epsilon=0.05, tol=1e-13, max_iter=10_000, method="log").plan
+    # log P sums terms of size max C / eps: a few ulps of that is the floor of either formula
+    floor = 64 * torch.finfo(dtype).eps * float(cost.max()) / 0.05
+    for max_iter in (7, 500):  # stopped between checks (scalings moved), and converged
+        res = ota.solve(cost.to(dtype), epsilon=0.05, tol=1e-10 if dtype == torch.float64 else 1e-5, max_iter=max_iter)
+        plan = res.plan.double()
+        exp_log = torch.exp(res.log_plan.double())
+        assert float((plan - exp_log).abs().max()) <= floor * float(exp_log.max())
+        if max_iter == 500:
+            assert bool(res.converged) and taken[-1] is not None  # the kept kernel was used
+            assert float((plan - reference).abs().sum()) <= (1e-8 if dtype == torch.float64 else 2e-4)
+
+
+def test_kept_kernel_is_not_used_when_the_scalings_moved_too_far():
+
+    cost = sphere_cost(20, 20, 4, dtype=torch.float32)
+    res = ota.solve(cost, epsilon=0.05, tol=1e-5)
+    st = res._state
+    assert st._final is not None
+    buf, F0, G0, eps = st._final
+    st._final = (buf, F0 - 61.0 * eps, G0, eps)  # du amplifies flushed entries by e^61 > e^(2 * 30)
+    assert st.take_plan() is None and st._final is None
+    expected = torch.exp(res.log_plan)
+    assert torch.allclose(res.plan, expected, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("name", ["balanced", "unbalanced", "partial"])
 def test_epsilon_scaling_reaches_the_same_solution(name):
     cost = sphere_cost(50, 40, 2, dtype=torch.float64)

@@ -221,7 +221,7 @@ def iterate(
         it += 1
 
     if plan.mode == "kernel":
-        plan.leave_kernel()
+        plan.leave_kernel(keep=True)  # the final plan can be scaled from this kernel
     return Trace(
         errors=torch.stack(history, dim=1),
         check_iters=check_iters,

@@ -140,6 +140,7 @@ class LogPlan:
         self.batch, self.n = log_ra.shape
         self.m = log_rb.shape[-1]
         self._buf: Optional[torch.Tensor] = None
+        self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
         self.mode = "log"
         self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
         self._G0: Optional[torch.Tensor] = None
@@ -289,10 +290,41 @@ class LogPlan:
         self._exponentiate_buffer()
         return True
 
-    def leave_kernel(self) -> None:
-        """Back to log-domain reductions (the buffer is reused for them)."""
+    def leave_kernel(self, keep: bool = False) -> None:
+        """Back to log-domain reductions (the buffer is reused for them). ``keep`` (the end of a
+        solve): hand the kernel over to :meth:`take_plan` instead; reductions needed later get a
+        fresh scratch buffer."""
+        if keep and self.mode == "kernel":
+            self._final = (self._buf, self._F0, self._G0, self.eps)
+            self._buf = None
         self.mode = "log"
         self._F0 = self._G0 = None
+
+    def take_plan(self) -> Optional[torch.Tensor]:
+        """The plan ``P = diag(du) Ktil diag(dv)``, built in place in the kernel kept by
+        ``leave_kernel(keep=True)``: two scaling passes (none when the kernel is exact) instead of
+        sums and an exp per entry. None when no kernel was kept, or when the scalings moved so far
+        since it was formed that entries flushed to zero there could matter (then the caller
+        exponentiates ``log P``). Hands the buffer over, so it works once."""
+        final, self._final = self._final, None
+        if final is None or self._group_ids:
+            return None
+        buf, F0, G0, eps = final
+        if eps != self.eps:
+            return None
+        log_du, log_dv = (self.F - F0) / eps, (self.G - G0) / eps
+        up_u, up_v = log_du.amax(-1, keepdim=True), log_dv.amax(-1, keepdim=True)
+        # entries of Ktil flushed to zero (below exp(floor)) are amplified by at most
+        # max_i du_i * max_j dv_j: no more than the iterations themselves allow (2 SAFE_DRIFT)
+        amplification = (up_u + up_v).squeeze(-1)
+        if not bool((amplification <= 2 * SAFE_DRIFT.get(buf.dtype, 30.0)).all()):
+            return None  # (also when a potential is not finite)
+        if bool((log_du != 0).any()) or bool((log_dv != 0).any()):
+            # only du_i dv_j matters: split the amplification evenly between the two scalings
+            # (centring shifts f and g oppositely by an arbitrary constant)
+            shift = 0.5 * (up_u - up_v)
+            buf.mul_((log_du - shift).exp_()[:, :, None]).mul_((log_dv + shift).exp_()[:, None, :])
+        return buf
 
     def _log_du(self) -> torch.Tensor:
         return (self.F - self._F0) / self.eps

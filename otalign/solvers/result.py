@@ -95,6 +95,9 @@ class OTResult:
         tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (st.cost, st.alpha, st.beta))
         if "_log_plan" in self.__dict__ or tracked or st.batch != max(st.cost.shape[0], st.alpha.shape[0]):
             return torch.exp(self._log_plan)
+        kept = st.take_plan()  # the solve's last kernel, scaled: no exp per entry
+        if kept is not None:
+            return kept
         out = torch.empty((st.batch, st.n, st.m), dtype=st.cost.dtype, device=st.cost.device)
         return st.log_plan_into(out).exp_()  # one allocation: log P, exponentiated in place
 
