@@ -383,6 +383,9 @@ def test_seed_paired_differences_and_json_round_trip(tmp_path):
     assert d["mean"] == pytest.approx(diffs.mean())
     assert d["std"] == pytest.approx(diffs.std(ddof=1))
     assert (d["n"], d["wins"], d["ties"]) == (3, 2, 1)
+    t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(3))  # paired t statistic, 2 degrees of freedom
+    assert d["p_value"] == pytest.approx(2 * (1 - (0.5 + t / (2 * math.sqrt(2 + t * t)))))  # Student t, nu = 2
+    assert cmp.differences()["new"]["knn_acc"]["p_value"] is None  # no spread: no test
     assert cmp.differences()["new"]["knn_acc"]["wins"] == 0
     # the unpaired std (0.1 per loss) hides what the paired one shows
     assert cmp.summary()["new"]["linear_probe_acc"]["std"] > 3 * d["std"]

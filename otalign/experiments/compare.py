@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
+import scipy.stats
+
 from .config import TrainConfig
 from .data import Dataset
 from .plots import bar_plot
@@ -83,9 +86,10 @@ class Comparison:
         Runs with the same seed share the model's initialisation, the batch order and the
         augmentations, so ``metric(loss, seed) - metric(baseline, seed)`` removes most of the
         seed-to-seed spread. ``differences()[name][metric]`` is ``{"mean", "std", "n", "wins",
-        "ties"}`` over the seeds both losses ran: ``wins`` counts seeds where ``name`` scored
-        strictly higher than the baseline, ``ties`` equal scores (for the accuracy metrics;
-        alignment and uniformity are lower-is-better, their differences are reported as they are).
+        "ties", "p_value"}`` over the seeds both losses ran: ``wins`` counts seeds where ``name``
+        scored strictly higher than the baseline, ``ties`` equal scores (for the accuracy metrics;
+        alignment and uniformity are lower-is-better, their differences are reported as they are);
+        ``p_value`` is the two-sided paired t-test's (None with fewer than 2 seeds or no spread).
         """
         baseline = self.names[0] if baseline is None else baseline
         if baseline not in self.names:
@@ -105,6 +109,7 @@ class Comparison:
                 stats: dict[str, Any] = dict(mean_std(diffs))
                 stats["wins"] = sum(d > 0 for d in diffs)
                 stats["ties"] = sum(d == 0 for d in diffs)
+                stats["p_value"] = _paired_p_value(diffs)
                 out[name][m] = stats
         return out
 
@@ -120,11 +125,15 @@ class Comparison:
             cells = []
             for m in metrics:
                 st = stats[m]
+                p = "" if st.get("p_value") is None else f", p={st['p_value']:.2g}"
                 cells.append(
-                    f"{format_stat(st, percent=True)} ({st['wins']}/{st['n']} higher)" if st["n"] else "-"
+                    f"{format_stat(st, percent=True)} ({st['wins']}/{st['n']} higher{p})" if st["n"] else "-"
                 )
             rows.append([name, *cells])
-        note = f"seed-paired differences to {baseline} in percentage points (same seed = same init, batches, views)"
+        note = (
+            f"seed-paired differences to {baseline} in percentage points (same seed = same init, batches, "
+            "views); p: two-sided paired t-test"
+        )
         return format_table(header, rows) + "\n" + note
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +169,13 @@ class Comparison:
             "json": write_json(directory / "comparison.json", self.to_dict()),
             "png": bar_plot(self.summary(), self.metrics, METRIC_LABELS, directory / "comparison.png", title),
         }
+
+
+def _paired_p_value(diffs: Sequence[float]) -> Optional[float]:
+    """Two-sided p-value of the one-sample t-test of ``mean(diffs) == 0``."""
+    if len(diffs) < 2 or float(np.std(diffs)) == 0.0:
+        return None
+    return float(scipy.stats.ttest_1samp(np.asarray(diffs, dtype=np.float64), 0.0).pvalue)
 
 
 def run_comparison(
