@@ -6,12 +6,24 @@ averaging) and the gradient of the rank's input to ``out_dir/rank{r}.pt``.
 """
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
 
 
 def run(rank: int, world: int, out_dir: str, loss_name: str) -> None:
+    _run(rank, world, out_dir, loss_name)
+    # The rank's results are on disk and the group is destroyed. Leave without the interpreter's
+    # teardown: on a busy machine gloo's background threads can still be joinable when C++ static
+    # destructors run, which aborts the process ("terminate called without an active exception")
+    # after the work is done. An exception above still propagates to mp.spawn as a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _run(rank: int, world: int, out_dir: str, loss_name: str) -> None:
     # rendezvous through a file (no port to race for) and gloo on the loopback interface
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = os.path.join(out_dir, "rendezvous")
