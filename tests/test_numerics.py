@@ -143,7 +143,9 @@ def test_warm_start_from_a_result_and_from_potentials(rng):
     cold = ota.solve(t64(M), C.unbalanced(0.5, a, b), **kw)
     warm = ota.solve(t64(M) * 1.01, C.unbalanced(0.5, a, b), init=cold, **kw)
     fresh = ota.solve(t64(M) * 1.01, C.unbalanced(0.5, a, b), **kw)
-    assert int(warm.n_iters) < int(fresh.n_iters)
+    assert int(warm.n_iters) <= int(fresh.n_iters)
+    # the warm start begins close to the solution: every early check is far below the cold one's
+    assert bool((warm.errors[:6] < 0.05 * fresh.errors[:6]).all())
     torch.testing.assert_close(warm.plan, fresh.plan, atol=1e-9, rtol=0)
     again = ota.solve(t64(M), C.balanced(a, b), init=(cold.f, cold.g), **kw)
     assert bool(again.converged)

@@ -169,7 +169,9 @@ def test_adaptive_overrelaxation_rule_and_safeguard():
 
 
 @pytest.mark.parametrize("name", ["balanced", "unbalanced", "partial"])
-def test_warm_start_needs_at_most_30_percent_of_the_iterations(name):
+def test_warm_start_needs_at_most_40_percent_of_the_iterations(name):
+    # (30% under the old movement test; the duality-gap certificate of the KL penalties asks for
+    # a gap ~tol^2, reached at the same rate from a start that is closer: 120 vs 360 sweeps here)
     cost = sphere_cost(40, 40, 6, dtype=torch.float64)
     kw = dict(epsilon=0.03, tol=1e-6, max_iter=100_000)
     cons = C.unbalanced(2.0) if name == "unbalanced" else FAMILIES[name]()
@@ -178,7 +180,7 @@ def test_warm_start_needs_at_most_30_percent_of_the_iterations(name):
     cold = ota.solve(moved, cons, **kw)
     warm = ota.solve(moved, cons, init=first, **kw)
     assert bool(warm.converged)
-    assert int(warm.n_iters) <= 0.3 * int(cold.n_iters)
+    assert int(warm.n_iters) <= 0.4 * int(cold.n_iters)
     assert float((warm.plan - cold.plan).abs().sum()) < 1e-4
 
 

@@ -87,6 +87,7 @@ def solve(
     method: str = "auto",
     overrelax: Union[None, str, float] = None,
     anneal: Optional[float] = None,
+    translation: bool = True,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -120,6 +121,11 @@ def solve(
         anneal: epsilon scaling: a factor in (0, 1); sweeps run at ``eps0, eps0 * anneal, ...``
             (``check_every`` sweeps each, ``eps0`` the largest cost range of the batch) down to
             ``epsilon``, where the ordinary stopping test runs. Counted in ``n_iters``.
+        translation: end every sweep with the closed-form translation step ``(f + t, g - t)``
+            of unbalanced problems (a row and a column marginal, hard or KL-penalised, not both
+            hard): it removes the slow convergence of the total mass when ``rho >> epsilon``
+            (``docs/concepts.md``). ``False`` runs plain sweeps (e.g. a fixed number of Sinkhorn
+            iterations that a loss is defined by).
         center: centre the potentials of balanced problems (``<f, a> = <g, b>``); ``False``
             returns the duals exactly as iterated from ``init`` (e.g. the scalings ``u, v`` of
             Sinkhorn started from ``v = 1``).
@@ -161,8 +167,9 @@ def solve(
     acc = Acceleration(
         kernel=method == "auto",
         overrelax=overrelax,
-        schedule=_schedule(prep.cost, epsilon, anneal),
+        anneal=_anneal(prep.cost, anneal),
         stage_iters=check_every,
+        translation=translation,
     )
     run = dict(tol=tol, max_iter=max_iter, check_every=check_every, acceleration=acc)
     if track and grad == "unroll":
@@ -209,19 +216,14 @@ def solve(
     )
 
 
-def _schedule(cost: torch.Tensor, epsilon: float, anneal: Optional[float]) -> tuple[float, ...]:
-    """``eps0 * anneal**k`` above ``epsilon``, ``eps0`` the largest cost range in the batch."""
+def _anneal(cost: torch.Tensor, anneal: Optional[float]) -> Optional[tuple[float, float]]:
+    """``(eps0, anneal)`` for epsilon scaling, ``eps0`` the largest cost range in the batch."""
     if anneal is None:
-        return ()
+        return None
     with torch.no_grad():
         flat = cost.detach().flatten(1)
         eps0 = float((flat.amax(1) - flat.amin(1)).amax())
-    out = []
-    eps = eps0
-    while eps > epsilon:
-        out.append(eps)
-        eps *= anneal
-    return tuple(out)
+    return eps0, float(anneal)
 
 
 def sinkhorn(cost: torch.Tensor, a: Any = None, b: Any = None, *, epsilon: float, **kwargs: Any) -> OTResult:

@@ -1,15 +1,29 @@
 """The iteration loop: cyclic dual updates, per-problem stopping, error history.
 
 One *sweep* updates every dual once, in the order of the constraint set (for ``balanced`` that is
-rows then columns: log-domain Sinkhorn; with caps it is Dykstra's algorithm in dual form). Every
-``check_every`` sweeps (and at 0 and at ``max_iter``) the engine measures, per problem,
+rows then columns: log-domain Sinkhorn; with caps it is Dykstra's algorithm in dual form). When a
+row marginal and a column marginal are equalities that are hard or KL-penalised (not both hard),
+every sweep ends with a *translation step*: ``(f + t, g - t)`` leaves the plan unchanged, and the
+``t`` that maximises the dual objective has a closed form (Sejourne, Vialard, Peyre 2022,
+"translation invariant Sinkhorn"); it removes the slow mode of unbalanced problems with a large
+``rho / epsilon``, whose mass otherwise converges at the rate ``1 - O(epsilon / rho)``.
+
+Every ``check_every`` sweeps (and at 0 and at ``max_iter``) the engine measures, per problem,
 
 * the largest violation of the hard constraints (L1 marginal errors, mass and block errors), and
-* for penalised or inequality constraints, how much their duals still move the plan: the L1
-  change, since the previous check, of the marginal ``mu`` that the dual controls,
-  ``sum_i |mu_i - mu_i_prev|`` (mass units). Measuring the movement through the marginal rather
-  than the raw dual ignores the gauge drift ``(f + c, g - c)`` of nearly balanced problems (large
-  ``rho``), which leaves the plan unchanged but converges at a rate ``1 - O(eps / rho)``,
+* when a constraint is a penalty or an inequality (``needs_certificate``), what its share of
+  the duality gap certifies (:meth:`Projector.certificate`; the gap is the primal objective of
+  the current plan minus the dual objective of the current duals, a sum of one Fenchel-Young gap
+  per constraint):
+
+  - the smooth parts (KL penalties) bound the L1 distance to the optimal plan: strong convexity
+    of the entropic objective gives ``epsilon KL(P* || P) <= gap`` when the hard constraints
+    hold, hence (Pinsker's inequality for measures of mass ``m``)
+    ``||P - P*||_1 <= g/3 + sqrt(g^2/9 + 2 m g)``, ``g = gap / epsilon``;
+  - the first-order parts (caps, TV penalties, whose gap is linear in rounding errors, so that a
+    distance bound from it could not go below ~1e-8 in float64 and ~1e-3 in float32) give a
+    complementarity residual in mass units: the L1 change of the targets that would make the
+    current plan exactly optimal, the same backward error as a hard marginal's violation,
 
 and takes the max of the two as the problem's error. A problem whose error is ``<= tol`` stops
 changing (its duals are frozen with a mask; no Python loop over problems). A problem whose duals
@@ -21,11 +35,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-from .footprint import COL, ROW
+from .footprint import COL, ROW, SCALAR
 from .plan import SAFE_DRIFT, LogPlan
 from .registry import Projector
 
@@ -42,34 +56,49 @@ class Trace:
     n_iters: torch.Tensor  # (B,) sweeps performed before the problem stopped
     converged: torch.Tensor  # (B,) error <= tol
     diverged: torch.Tensor  # (B,) non-finite values met (rolled back)
+    gap: torch.Tensor  # (B,) duality gap (primal minus dual objective) at the last check
 
 
-def measure_errors(
-    plan: LogPlan, projectors: list[Projector], previous: list[Optional[torch.Tensor]]
-) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
-    """``(B,)`` stopping error of the current iterate (see the module docstring).
+def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(B,)`` bound on ``||P - P*||_1`` from a duality gap: ``g/3 + sqrt(g^2/9 + 2 m g)``.
 
-    ``previous`` holds the marginals of the tracked constraints at the last check (None: no
-    check yet); the current ones are returned for the next call.
+    ``eps KL(P* || P) <= gap`` and ``||p - q||_1^2 <= (2/3 m_p + 4/3 m_q) KL(p || q)`` with
+    ``m_p <= m + ||p - q||_1``.
+    """
+    g = gap / eps
+    return g / 3 + torch.sqrt(g * g / 9 + 2 * mass * g)
+
+
+def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,)`` stopping error and ``(B,)`` duality gap of the current iterate (module docstring).
+
+    The gap is the whole primal-minus-dual gap (hard equalities contribute their signed
+    ``<dual, marginal - target>``). The error is the largest of the hard violations, the
+    complementarity residuals of the first-order constraints and the distance to the optimal plan
+    certified by the smooth part of the gap (:meth:`Projector.certificate`).
     """
     B = plan.batch
-    err = torch.zeros(B, dtype=plan.log_ra.dtype, device=plan.log_ra.device)
-    current: list[Optional[torch.Tensor]] = [None] * len(projectors)
+    dtype, device = plan.log_ra.dtype, plan.log_ra.device
+    err = torch.zeros(B, dtype=dtype, device=device)
+    gap = torch.zeros(B, dtype=dtype, device=device)
+    smooth = torch.zeros(B, dtype=dtype, device=device)
+    certify = False
     for k, proj in enumerate(projectors):
         if proj.footprint is None:
             continue
         log_mu = plan.log_marginal(proj.footprint)
         if proj.hard:
             err = torch.maximum(err, proj.violation(log_mu))
-        if proj.tracks_dual_change:
-            mu = torch.exp(log_mu)
-            current[k] = mu
-            if previous[k] is None:
-                moved = torch.full_like(err, math.inf)
-            else:
-                moved = (mu - previous[k]).abs().reshape(B, -1).sum(-1)
-            err = torch.maximum(err, moved)
-    return err, current
+        gap = gap + proj.gap(plan.duals[k], log_mu)
+        if proj.needs_certificate:
+            part, residual = proj.certificate(plan.duals[k], log_mu)
+            smooth = smooth + torch.clamp(part, min=0.0)  # negative: rounding
+            err = torch.maximum(err, residual)
+            certify = True
+    if certify:
+        mass = torch.exp(plan.log_marginal(SCALAR))
+        err = torch.maximum(err, certified_distance(smooth, mass, plan.eps))
+    return err, gap
 
 
 def _finite(plan: LogPlan, ids: list[int]) -> torch.Tensor:
@@ -83,17 +112,69 @@ def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.reshape(flags.shape + (1,) * (like.dim() - 1))
 
 
+Translation = Optional[tuple[int, int]]
+
+
+def translation_pair(projectors: list[Projector], duals: list[Optional[torch.Tensor]]) -> Translation:
+    """The (row, column) constraints whose duals the translation step moves, or None.
+
+    A ROW-footprint and a COL-footprint projector that both describe their dual objective along a
+    translation (:meth:`MarginalProjector.translation`), not both linear (two hard equalities: the
+    translation is the balanced gauge, which leaves the dual objective unchanged).
+    """
+    from .footprint import COL as _COL, ROW as _ROW
+
+    def first(fp):
+        for k, p in enumerate(projectors):
+            model = getattr(p, "translation", None)
+            if p.footprint is fp and model is not None and model(duals[k]) is not None:
+                return k
+        return None
+
+    kr, kc = first(_ROW), first(_COL)
+    if kr is None or kc is None:
+        return None
+    if projectors[kr].translation(duals[kr])[0] == "linear" == projectors[kc].translation(duals[kc])[0]:
+        return None
+    return kr, kc
+
+
+def translate(plan: LogPlan, projectors: list[Projector], pair: tuple[int, int],
+              active: Optional[torch.Tensor]) -> None:
+    """Move ``(f, g)`` to ``(f + t, g - t)`` with the ``t`` that maximises the dual objective.
+
+    The plan does not change (nor do its marginals); with ``log S`` and ``rho`` from each side's
+    :meth:`translation` model, ``d/dt [-rho_a S_a e^{-t/rho_a} - rho_b S_b e^{t/rho_b}] = 0`` gives
+    ``t = (log S_a - log S_b) / (1/rho_a + 1/rho_b)``; a hard side contributes ``W t`` (``W`` its
+    total weight) instead: ``t = rho_b (log W_a - log S_b)`` or ``rho_a (log S_a - log W_b)``.
+    """
+    kr, kc = pair
+    kind_a, log_a, rho_a = projectors[kr].translation(plan.duals[kr])
+    kind_b, log_b, rho_b = projectors[kc].translation(plan.duals[kc])
+    if kind_a == "exp" and kind_b == "exp":
+        t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
+    elif kind_a == "linear":
+        t = rho_b * (log_a - log_b)
+    else:
+        t = rho_a * (log_a - log_b)
+    keep = torch.isfinite(t) if active is None else torch.isfinite(t) & active
+    t = torch.where(keep, t, torch.zeros_like(t))
+    plan.translate(kr, kc, t)
+
+
 def sweep(
     plan: LogPlan,
     projectors: list[Projector],
     ids: list[int],
     active: Optional[torch.Tensor],
     omega: Optional[torch.Tensor] = None,
+    pair: Translation = None,
 ) -> None:
     """Update every dual once, in order; problems outside ``active`` (if given) keep theirs.
 
     ``omega`` (``(B,)``, or None for 1) over-relaxes the duals of relaxable projectors:
-    ``d <- d + omega * (update(d) - d)``.
+    ``d <- d + omega * (update(d) - d)``. ``pair`` (from :func:`translation_pair`) ends the sweep
+    with the translation step.
     """
     for k in ids:
         proj = projectors[k]
@@ -104,6 +185,8 @@ def sweep(
         if active is not None:
             new = torch.where(_mask(active, new), new, old)
         plan.set_dual(k, new)
+    if pair is not None:
+        translate(plan, projectors, pair, active)
 
 
 @dataclass
@@ -112,15 +195,18 @@ class Acceleration:
 
     * ``kernel``: use the stabilised kernel domain when it is safe (decided at every check).
     * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:func:`_adapt_omega`).
-    * ``schedule``: epsilons (decreasing, above the target) to run ``stage_iters`` sweeps at before
-      the target epsilon (epsilon scaling); the ordinary stopping test then runs at the target.
+    * ``anneal``: epsilon scaling, ``(eps0, factor)``: ``stage_iters`` sweeps at each of ``eps0,
+      eps0 * factor, ...`` while above the target epsilon (generated lazily, and never past
+      ``max_iter``); the ordinary stopping test then runs at the target.
+    * ``translation``: end each sweep with the translation step where it applies.
     """
 
     kernel: bool = False
     overrelax: Optional[object] = None
     omega_max: float = 1.8
-    schedule: tuple[float, ...] = ()
+    anneal: Optional[tuple[float, float]] = None
     stage_iters: int = 10
+    translation: bool = True
 
 
 def _omega(acc: Acceleration, B: int, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -128,6 +214,16 @@ def _omega(acc: Acceleration, B: int, like: torch.Tensor) -> Optional[torch.Tens
         return None
     start = 1.0 if acc.overrelax == "adaptive" else float(acc.overrelax)
     return torch.full((B,), start, dtype=like.dtype, device=like.device)
+
+
+def _annealing(anneal: Optional[tuple[float, float]], target: float) -> Iterator[float]:
+    """``eps0, eps0 * factor, ...`` while above ``target`` (lazily)."""
+    if anneal is None:
+        return
+    eps, factor = anneal
+    while eps > target:
+        yield eps
+        eps *= factor
 
 
 def iterate(
@@ -145,16 +241,17 @@ def iterate(
     device = plan.log_ra.device
     dtype = plan.log_ra.dtype
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
+    pair = translation_pair(projectors, plan.duals) if acc.translation else None
     active = torch.ones(B, dtype=torch.bool, device=device)
     all_active = True
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     diverged = torch.zeros(B, dtype=torch.bool, device=device)
     n_iters = torch.full((B,), max_iter, dtype=torch.long, device=device)
     error = torch.full((B,), math.inf, dtype=dtype, device=device)
+    gap = torch.full((B,), math.nan, dtype=dtype, device=device)
     history: list[torch.Tensor] = []
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
-    marginals: list[Optional[torch.Tensor]] = [None] * len(projectors)  # tracked marginals there
     omega = _omega(acc, B, error)
     blocked = torch.zeros(B, dtype=torch.bool, device=device)
     ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
@@ -165,12 +262,16 @@ def iterate(
     it = 0
 
     # epsilon scaling: fixed sweeps at each epsilon of the schedule (no stopping test there)
-    for eps in acc.schedule:
+    annealed = False
+    for eps in _annealing(acc.anneal, target_eps):
+        if it >= max_iter:
+            break
         plan.set_epsilon(eps)
+        annealed = True
         for _ in range(min(acc.stage_iters, max_iter - it)):
-            sweep(plan, projectors, ids, None)
+            sweep(plan, projectors, ids, None, None, pair)
             it += 1
-    if acc.schedule:
+    if annealed:
         plan.set_epsilon(target_eps)
     before_last = (plan.F, plan.G)  # potentials before the last sweep (duals are replaced, not mutated)
 
@@ -195,7 +296,7 @@ def iterate(
                 plan.absorb_if_safe_at_start(safe)
             elif plan.mode == "kernel" and _largest(plan.kernel_drift(), active) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
-            err, marginals = measure_errors(plan, projectors, marginals)
+            err, gap_now = measure_errors(plan, projectors)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
             if omega is not None and acc.overrelax == "adaptive" and history:
                 omega, blocked, ratio, just_set = _adapt_omega(
@@ -208,6 +309,7 @@ def iterate(
             diverged = diverged | (active & ~finite)
             n_iters = torch.where(stop, torch.full_like(n_iters, it), n_iters)
             error = torch.where(active, err, error)
+            gap = torch.where(active, gap_now, gap)
             active = active & ~stop
             previous = list(plan.duals)  # duals are replaced, never modified in place
             n_active = int(active.sum())
@@ -217,7 +319,7 @@ def iterate(
             if kernel and len(check_iters) > 1:  # the last sweep's movement decides
                 _choose_domain(plan, before_last, active, safe, check_every)
         before_last = (plan.F, plan.G)
-        sweep(plan, projectors, ids, None if all_active else active, omega)
+        sweep(plan, projectors, ids, None if all_active else active, omega, pair)
         it += 1
 
     if plan.mode == "kernel":
@@ -229,6 +331,7 @@ def iterate(
         n_iters=n_iters,
         converged=converged,
         diverged=diverged,
+        gap=gap,
     )
 
 

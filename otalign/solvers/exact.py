@@ -56,6 +56,7 @@ class ExactResult:
     duals = property(lambda self: (self.f, self.g))
     errors = property(lambda self: self._out(torch.zeros(self._conv.shape + (0,), dtype=self._plan.dtype)))
     error = property(lambda self: self._out(torch.zeros(self._conv.shape, dtype=self._plan.dtype)))
+    gap = error  # the network simplex's plan and potentials are optimal: no gap
 
     def __repr__(self) -> str:
         return f"ExactResult(converged={int(self._conv.sum())}/{self._conv.numel()})"

@@ -395,6 +395,21 @@ class LogPlan:
         raise TypeError(f"unknown footprint {footprint!r}")
 
     # -- updates ----------------------------------------------------------------------------
+    def translate(self, row: int, col: int, t: torch.Tensor) -> None:
+        """``duals[row] += t``, ``duals[col] -= t`` (``t``: ``(B,)``) on the live rows and columns
+        (padding keeps its duals): the plan, its marginals and the kernel (whose absorbed
+        potentials move with them) are unchanged."""
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        up = torch.where(torch.isfinite(self.log_ra), t[:, None], zero)
+        down = torch.where(torch.isfinite(self.log_rb), t[:, None], zero)
+        self.duals[row] = self.duals[row] + up
+        self.duals[col] = self.duals[col] - down
+        self._aggregate_rows()
+        self._aggregate_cols()
+        if self.mode == "kernel":
+            self._F0 = self._F0 + up
+            self._G0 = self._G0 - down
+
     def set_dual(self, index: int, value: torch.Tensor) -> None:
         """Replace dual ``index`` and update the aggregates and cached marginals exactly."""
         fp = self.footprints[index]

@@ -45,8 +45,9 @@ class Projector:
     * ``footprint``: how the dual enters ``log P`` (:mod:`otalign.solvers.footprint`), or None for
       a constraint without a dual (it acts only through :meth:`support`).
     * ``hard``: the constraint must hold exactly; its :meth:`violation` counts in the stopping test.
-    * ``tracks_dual_change``: the stopping test also requires the dual to settle (penalties and
-      inequalities, whose violation alone does not certify optimality).
+    * ``needs_certificate``: a penalty or an inequality, whose violation alone does not certify
+      optimality: the stopping test also asks :meth:`certificate` (by default the duality gap
+      :meth:`gap`, which needs :meth:`dual_objective` and :meth:`penalty`).
 
     and implement :meth:`init_dual` and :meth:`update` (plus :meth:`violation`,
     :meth:`penalty`, :meth:`dual_objective` where they apply). ``log_marginal`` arguments are the
@@ -56,7 +57,7 @@ class Projector:
     constraint_type: ClassVar[type[Constraint]]
     footprint: Optional[Footprint] = None
     hard: bool = True
-    tracks_dual_change: bool = False
+    needs_certificate: bool = False
     #: a hard equality whose dual is defined up to the balanced gauge (f + c, g - c).
     is_hard_equality: bool = False
     #: the dual is unconstrained, so over-relaxation ``d + omega (update(d) - d)`` keeps it valid
@@ -96,6 +97,40 @@ class Projector:
     def dual_objective(self, dual: torch.Tensor) -> torch.Tensor:
         """``(B,)`` value of ``-Phi*(-dual)``, this constraint's term of the dual objective."""
         raise NotImplementedError(f"{type(self).__name__} has no dual objective term")
+
+    def gap(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` this constraint's share of the duality gap at (dual, marginal ``mu``): the
+        Fenchel-Young gap ``Phi(mu) + Phi*(-dual) + <dual, mu>``, i.e.
+        ``penalty(mu) + <dual, mu> - dual_objective(dual)``.
+
+        The gap of a solve is the sum of these terms (the primal objective of the current plan
+        minus the dual objective of the current duals). Each term is ``>= 0`` when ``mu`` satisfies
+        the hard part of the constraint, and 0 exactly at the optimum. Built-in projectors
+        override this with forms that do not cancel catastrophically (the default subtracts two
+        numbers of the size of the objective).
+        """
+        mu = torch.exp(log_marginal)
+        B = dual.shape[0]
+        inner = torch.where(mu > 0, dual * mu, torch.zeros_like(mu)).reshape(B, -1).sum(-1)
+        return self.penalty(log_marginal) + inner - self.dual_objective(dual)
+
+    def certificate(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(smooth, residual)``, both ``(B,)``: how the stopping test certifies this constraint.
+
+        * ``smooth``: the part of the gap that strong convexity turns into a distance to the
+          optimal plan (``epsilon KL(P* || P) <= sum of smooth parts``; the engine bounds
+          ``||P - P*||_1`` with it). It must be ``>= 0`` up to rounding, and second order in the
+          error of the duals for the bound to reach small tolerances (KL penalties are).
+        * ``residual``: a complementarity residual in mass units (the L1 amount by which the
+          targets would have to move for the current plan to be exactly optimal), for the
+          first-order parts of the gap (caps, TV penalties), whose rounding noise would swamp a
+          distance bound.
+
+        Default: the whole :meth:`gap` as the smooth part, no residual (rigorous, but its float
+        floor is that of a first-order gap: ~1e-8 in float64; override for inequalities).
+        """
+        gap = self.gap(dual, log_marginal)
+        return gap, torch.zeros_like(gap)
 
 
 def register(constraint_type: type[Constraint]) -> Callable[[P], P]:

@@ -41,6 +41,10 @@ class OTResult:
         errors: ``(B, n_checks)`` error at each check (NaN after the problem stopped);
             ``check_iters`` gives the iteration of each check.
         error: ``(B,)`` last measured error. n_iters: ``(B,)`` sweeps performed.
+        gap: ``(B,)`` duality gap at the last check: the primal objective of the plan minus the
+            dual objective of the duals (objective units; ``>= 0`` up to the hard constraints'
+            violation). For problems whose constraints are all penalties it bounds the distance
+            to the optimum: ``epsilon KL(P* || P) <= gap``.
         converged: ``(B,)`` ``error <= tol`` was reached. diverged: ``(B,)`` non-finite values met.
         grad: the gradient mode the result was computed with (see ``docs/gradients.md``).
     """
@@ -184,6 +188,10 @@ class OTResult:
     @property
     def error(self) -> torch.Tensor:
         return self._out(self._trace.error)
+
+    @property
+    def gap(self) -> torch.Tensor:
+        return self._out(self._trace.gap)
 
     @property
     def n_iters(self) -> torch.Tensor:

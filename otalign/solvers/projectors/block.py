@@ -44,7 +44,7 @@ class BlockMassProjector(Projector):
         self.mass = mass
         self.log_mass = safe_log(mass)
         self.relation = constraint.relation
-        self.tracks_dual_change = self.relation == "<="
+        self.needs_certificate = self.relation == "<="
         self.relaxable = self.relation == "=="
         self.footprint = Groups(groups[0], groups[1], mass.shape[-2], mass.shape[-1])
 
@@ -83,6 +83,16 @@ class BlockMassProjector(Projector):
         if self.relation == "<=":
             gap = torch.clamp(gap, min=0.0)
         return gap.abs().sum((-2, -1))
+
+    def gap(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        """``<H, M - mass>`` (``==``, signed) or ``|H| (mass - M)`` (``<=``, ``H <= 0``)."""
+        return (dual * (torch.exp(log_marginal) - self.mass)).sum((-2, -1))
+
+    def certificate(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cap whose dual is negative (active) must be full: its shortfall is the residual."""
+        shortfall = torch.clamp(self.mass - torch.exp(log_marginal), min=0.0)
+        residual = torch.where(dual < 0, shortfall, torch.zeros_like(shortfall)).sum((-2, -1))
+        return torch.zeros_like(residual), residual
 
     def dual_objective(self, dual: torch.Tensor) -> torch.Tensor:
         term = dual if self.relation == "==" else torch.clamp(dual, max=0.0)

@@ -15,6 +15,24 @@ TV(rho)       ``clip(f*, -rho, rho)``       ``min(f*, rho)``
 
 Columns are identical with ``g`` and ``P^T 1``. Zero weights of a hard, capped or KL constraint
 force the row to zero (``KL(mu || 0)`` is infinite unless ``mu = 0``); TV allows mass there.
+
+Duality gap (:meth:`MarginalProjector.gap`), per entry, in forms that are sums of non-negative
+terms (no cancellation; ``mu <= w`` holds for a cap up to its violation). The stopping test
+certifies the KL parts by the distance bound they imply (second order in the error of the duals)
+and the first-order parts (caps, TV) by their complementarity residual in mass units
+(:meth:`MarginalProjector.certificate`):
+
+============  ==============================================  ==========================================
+relation      ``==``                                          ``<=``
+============  ==============================================  ==========================================
+hard          ``f (mu - w)`` (signed; certified by the         ``|f| (w - mu)``
+              marginal error instead)
+KL(rho)       ``rho KL(mu || w exp(-f/rho))``                  ``f > 0``: as ``==``; else
+                                                              ``rho KL(mu || w) + |f| (w - mu)``
+TV(rho)       ``rho |mu - w| + f (mu - w)``                    ``rho (w - mu)_+ - f (w - mu)``
+============  ==============================================  ==========================================
+
+with ``KL(x || y) = x log(x / y) - x + y``.
 """
 
 from __future__ import annotations
@@ -29,7 +47,28 @@ from ..footprint import COL, ROW
 from ..problem import Problem, safe_log
 from ..registry import Projector, Support, kl_step, register
 
-__all__ = ["MarginalProjector"]
+__all__ = ["MarginalProjector", "kl_divergence_terms"]
+
+
+def kl_divergence_terms(log_x: torch.Tensor, log_y: torch.Tensor) -> torch.Tensor:
+    """Entrywise ``x log(x / y) - x + y >= 0`` from ``log x``, ``log y``, without cancellation.
+
+    With ``u = log x - log y`` the term is ``y h(u)``, ``h(u) = u e^u - e^u + 1 = u^2/2 + u^3/3 +
+    ...``: a short series near 0 (where the direct form would cancel), the direct form elsewhere.
+    ``x = 0`` gives ``y``; ``y = 0`` gives 0 for ``x = 0`` and ``inf`` otherwise.
+    """
+    u = log_x - log_y
+    finite = torch.isfinite(u)
+    uf = torch.where(finite, u, torch.zeros_like(u))
+    series = uf * uf * (0.5 + uf * (1 / 3 + uf * (1 / 8 + uf * (1 / 30 + uf * (1 / 144 + uf / 840)))))
+    direct = uf * torch.exp(uf) - torch.expm1(uf)
+    h = torch.where(uf.abs() < 0.1, series, direct)
+    y = torch.exp(log_y)
+    term = y * h
+    zero_x = log_x == -math.inf
+    term = torch.where(zero_x, y, term)  # x = 0: the term is y
+    term = torch.where(~zero_x & (log_y == -math.inf), torch.full_like(term, math.inf), term)
+    return torch.where(finite | zero_x | (log_y == -math.inf), term, torch.full_like(term, math.nan))
 
 
 @register(Marginal)
@@ -46,7 +85,7 @@ class MarginalProjector(Projector):
         self.kind = "hard" if math.isinf(self.rho) else type(pen).__name__
         self.footprint = ROW if self.axis == 0 else COL
         self.hard = self.kind == "hard" or self.relation == "<="
-        self.tracks_dual_change = self.kind != "hard" or self.relation == "<="
+        self.needs_certificate = self.kind != "hard" or self.relation == "<="
         self.reference = (self.axis, self.weights)
         self.is_hard_equality = self.kind == "hard" and self.relation == "=="
         self.relaxable = self.relation == "==" and self.kind in ("hard", "KL")
@@ -104,6 +143,76 @@ class MarginalProjector(Projector):
         if self.relation == "==":
             return self.rho * (mu - w).abs().sum(-1)
         return self.rho * torch.clamp(w - mu, min=0.0).sum(-1)
+
+    def gap(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        smooth, first_order = self._gap_parts(dual, log_marginal)
+        return (smooth + first_order).sum(-1)
+
+    def certificate(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        smooth, _ = self._gap_parts(dual, log_marginal)
+        return smooth.sum(-1), self._residual(dual, log_marginal).sum(-1)
+
+    def _gap_parts(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entrywise Fenchel-Young gap split into its smooth (KL) and first-order parts."""
+        mu = torch.exp(log_marginal)
+        w = self.weights.expand_as(mu)
+        zero = torch.zeros_like(mu)
+        smooth, first = zero, zero
+        if self.kind == "hard":
+            first = dual * (mu - w) if self.relation == "==" else -dual * (w - mu)
+        elif self.kind == "KL":
+            log_target = self.log_weights - dual / self.rho  # log(w exp(-f / rho))
+            smooth = self.rho * kl_divergence_terms(log_marginal, log_target)
+            if self.relation == "<=":
+                below = self.rho * kl_divergence_terms(log_marginal, self.log_weights)
+                smooth = torch.where(dual > 0, smooth, below)
+                first = torch.where(dual > 0, zero, -dual * (w - mu))
+        elif self.relation == "==":
+            first = self.rho * (mu - w).abs() + dual * (mu - w)
+        else:
+            first = self.rho * torch.clamp(w - mu, min=0.0) - dual * (w - mu)
+        if self.forces_zero:  # padding: no mass, no term
+            live = w > 0
+            smooth, first = torch.where(live, smooth, zero), torch.where(live, first, zero)
+        return smooth, first
+
+    def _residual(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        """Entrywise complementarity residual (mass units) of the first-order part of the gap:
+        the mass by which ``mu`` misses the value the dual asks for. A cap whose dual is
+        negative (active) must be full; a TV dual strictly inside ``(-rho, rho)`` asks for
+        ``mu = w``, one at ``-rho`` allows ``mu > w`` only, one at ``rho`` allows ``mu < w`` only."""
+        mu = torch.exp(log_marginal)
+        w = self.weights.expand_as(mu)
+        zero = torch.zeros_like(mu)
+        if self.kind == "TV" and self.relation == "==":
+            return torch.where(mu > w, torch.where(dual <= -self.rho, zero, mu - w),
+                               torch.where(dual >= self.rho, zero, w - mu))
+        if self.relation != "<=":
+            return zero
+        shortfall = torch.clamp(w - mu, min=0.0)
+        if self.kind == "TV":  # the dual at rho: the shortfall is paid for
+            out = torch.where(dual >= self.rho, zero, shortfall)
+        else:  # hard or KL cap: an active cap (dual < 0) must be full
+            out = torch.where(dual < 0, shortfall, zero)
+        return torch.where(w > 0, out, zero) if self.forces_zero else out
+
+    def translation(self, dual: torch.Tensor) -> Optional[tuple[str, torch.Tensor, float]]:
+        """This constraint's dual objective along ``dual + t`` (``t`` one number per problem), for
+        the engine's translation step (:func:`otalign.solvers.engine.translate`):
+
+        * hard equality: ``("linear", log W, 0)``: ``<w, f + t> = const + W t``;
+        * KL equality: ``("exp", log S, rho)``: ``rho <w, 1 - exp(-(f + t) / rho)> = const -
+          rho S exp(-t / rho)`` with ``S = <w, exp(-f / rho)>``.
+
+        None for other kinds (no closed form).
+        """
+        if self.relation != "==":
+            return None
+        if self.kind == "hard":
+            return "linear", torch.logsumexp(self.log_weights, -1).expand(dual.shape[0]), 0.0
+        if self.kind == "KL":
+            return "exp", torch.logsumexp(self.log_weights - dual / self.rho, -1), self.rho
+        return None
 
     def dual_objective(self, dual: torch.Tensor) -> torch.Tensor:
         w = self.weights

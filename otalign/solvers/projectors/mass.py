@@ -48,5 +48,8 @@ class TotalMassProjector(Projector):
     def violation(self, log_marginal: torch.Tensor) -> torch.Tensor:
         return (torch.exp(log_marginal) - self.mass).abs()
 
+    def gap(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        return dual * (torch.exp(log_marginal) - self.mass)
+
     def dual_objective(self, dual: torch.Tensor) -> torch.Tensor:
         return self.mass * dual
