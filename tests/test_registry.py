@@ -26,7 +26,7 @@ class MarginalBand(C.Constraint):
 @register(MarginalBand)
 class MarginalBandProjector(Projector):
     hard = True
-    tracks_dual_change = True
+    needs_certificate = True
 
     def __init__(self, constraint, problem):
         super().__init__(constraint, problem)
@@ -58,6 +58,14 @@ class MarginalBandProjector(Projector):
 
     def dual_objective(self, dual):
         return (self.lower * dual.clamp(min=0) + self.upper * dual.clamp(max=0)).sum(-1)
+
+    def certificate(self, dual, log_marginal):
+        # complementarity: a positive dual holds the marginal at its lower bound, a negative one
+        # at its upper bound; the mass by which it misses is the residual (no smooth part)
+        mu = torch.exp(log_marginal)
+        residual = torch.where(dual > 0, (mu - self.lower).clamp(min=0), torch.zeros_like(mu))
+        residual = residual + torch.where(dual < 0, (self.upper - mu).clamp(min=0), torch.zeros_like(mu))
+        return torch.zeros_like(residual[..., 0]), residual.sum(-1)
 
 
 def test_band_matches_the_reference_dual_solver():
