@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from ..constraints import factories
@@ -13,7 +15,7 @@ from .exact import solve_exact
 from .gradients import dual_value, implicit_duals
 from .plan import LogPlan
 from .result import OTResult
-from .setup import Prepared, check_scalar, prepare
+from .setup import MAX_ITER, Prepared, check_scalar, prepare
 
 __all__ = ["solve", "sinkhorn", "unbalanced", "partial", "GRAD_MODES"]
 
@@ -64,10 +66,17 @@ def _initial_duals(prep: Prepared, init: Init) -> list[Optional[torch.Tensor]]:
     return duals
 
 
+def _input_tensors(cost: torch.Tensor, prep: Prepared) -> list[tuple[str, torch.Tensor]]:
+    """The caller's tensors, named: the cost and every tensor field of a constraint."""
+    named = [("cost", cost)]
+    for k, c in enumerate(prep.constraints):
+        named += [(f"constraints[{k}].{name}", v) for name, v in c.__dict__.items() if isinstance(v, torch.Tensor)]
+    return named
+
+
 def _grad_inputs(cost: torch.Tensor, prep: Prepared) -> list[torch.Tensor]:
     """The inputs that require grad: the cost and any tensor field of a constraint."""
-    tensors = [cost] + [v for c in prep.constraints for v in c.__dict__.values() if isinstance(v, torch.Tensor)]
-    return [t for t in tensors if t.requires_grad]
+    return [t for _, t in _input_tensors(cost, prep) if t.requires_grad]
 
 
 def solve(
@@ -101,8 +110,10 @@ def solve(
         epsilon: entropic strength (> 0), in the units of the cost; ``0`` solves the exact
             problem with POT's network simplex (balanced) or exact partial solver (partial),
             returning an :class:`~otalign.solvers.exact.ExactResult` (see that module).
-        tol: stopping tolerance on the error (L1 marginal violation and, for penalties and caps,
-            the L1 movement of their marginals between checks); see ``docs/concepts.md``.
+        tol: stopping tolerance on the error, in mass units (L1 marginal violation; for penalties
+            and caps, the distance to the optimal plan certified by the duality gap or their
+            complementarity residual; ``docs/concepts.md``, "Stopping"). ``0`` runs exactly
+            ``max_iter`` sweeps.
         max_iter: maximum number of sweeps (one sweep updates every dual once).
         check_every: sweeps between two convergence checks (the only host synchronisation).
         entropy: ``"kl"`` or ``"shannon"`` (identical plans for balanced problems).
@@ -133,27 +144,38 @@ def solve(
     Returns:
         An :class:`OTResult`; per-problem ``converged`` says whether ``tol`` was met.
     """
-    check_scalar("tol", tol, low=0.0)
-    check_scalar("max_iter", max_iter, low=0, strict=False, integer=True)
-    check_scalar("check_every", check_every, low=1, strict=False, integer=True)
+    tol = check_scalar("tol", tol, low=0.0, strict=False)
+    max_iter = check_scalar("max_iter", max_iter, low=0, strict=False, integer=True, high=MAX_ITER)
+    check_every = check_scalar("check_every", check_every, low=1, strict=False, integer=True, high=MAX_ITER)
     if grad not in GRAD_MODES:
         raise ValueError(f"grad={grad!r}; expected one of {GRAD_MODES}")
     if adjoint_tol is not None:
-        check_scalar("adjoint_tol", adjoint_tol, low=0.0)
+        adjoint_tol = check_scalar("adjoint_tol", adjoint_tol, low=0.0)
     if adjoint_max_iter is not None:
-        check_scalar("adjoint_max_iter", adjoint_max_iter, low=1, strict=False, integer=True)
+        adjoint_max_iter = check_scalar("adjoint_max_iter", adjoint_max_iter, low=1, strict=False, integer=True,
+                                        high=MAX_ITER)
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}")
     if overrelax is not None and overrelax != "adaptive":
-        if isinstance(overrelax, str) or not (isinstance(overrelax, (int, float)) and 1 <= overrelax < 2):
+        if isinstance(overrelax, str):
             raise ValueError(f"overrelax={overrelax!r}; expected None, 'adaptive' or a number in [1, 2)")
-    if anneal is not None and not (isinstance(anneal, (int, float)) and 0 < anneal < 1):
-        raise ValueError(f"anneal={anneal!r}; expected None or a factor in (0, 1)")
+        overrelax = check_scalar("overrelax", overrelax, low=1.0, strict=False)
+        if overrelax >= 2:
+            raise ValueError(f"overrelax={overrelax!r}; expected None, 'adaptive' or a number in [1, 2)")
+    if anneal is not None:
+        anneal = check_scalar("anneal", anneal, low=0.0)
+        if anneal >= 1:
+            raise ValueError(f"anneal={anneal!r}; expected None or a factor in (0, 1)")
     if constraints is None:
         constraints = factories.balanced()
-    if epsilon == 0 and not isinstance(epsilon, bool):
+    if epsilon is None:
+        raise ValueError("epsilon=None; expected a finite number >= 0 (0: exact OT)")
+    if _is_zero(epsilon):
+        if init is not None:
+            raise ValueError("init is given with epsilon=0; the exact solver (network simplex) takes no warm start")
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
+    epsilon = float(epsilon)
     grad_inputs = _grad_inputs(cost, prep) if torch.is_grad_enabled() else []
     track = grad != "none" and bool(grad_inputs)
     footprints = [p.footprint for p in prep.projectors]
@@ -213,7 +235,15 @@ def solve(
         grad=grad if track else "none",
         envelope_value=envelope,
         anchor=anchor,
+        inputs=_input_tensors(cost, prep),
     )
+
+
+def _is_zero(epsilon: Any) -> bool:
+    """``epsilon == 0`` for a number (not a bool); anything else is validated by :func:`prepare`."""
+    if isinstance(epsilon, torch.Tensor) and epsilon.numel() == 1:
+        epsilon = epsilon.item()
+    return isinstance(epsilon, numbers.Real) and not isinstance(epsilon, (bool, np.bool_)) and epsilon == 0
 
 
 def _anneal(cost: torch.Tensor, anneal: Optional[float]) -> Optional[tuple[float, float]]:

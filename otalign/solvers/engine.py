@@ -304,6 +304,8 @@ def iterate(
             history.append(torch.where(active, err, torch.full_like(err, math.nan)))
             check_iters.append(it)
             ok = active & finite & (err <= tol)
+            if tol == 0 and it < max_iter:  # tol = 0: exactly max_iter sweeps (POT's stopThr=0)
+                ok = torch.zeros_like(ok)
             stop = ok | (active & ~finite)
             converged = converged | ok
             diverged = diverged | (active & ~finite)
@@ -395,6 +397,9 @@ def center_potentials(plan: LogPlan, projectors: list[Projector]) -> None:
     a = torch.where(pr.weights > 0, pr.weights, torch.zeros_like(pr.weights))
     b = torch.where(pc.weights > 0, pc.weights, torch.zeros_like(pc.weights))
     f, g = plan.duals[kr], plan.duals[kc]
-    c = ((g * b).sum(-1) - (f * a).sum(-1)) / (a.sum(-1) + b.sum(-1))
+    total = a.sum(-1) + b.sum(-1)  # 0 for a problem of zero mass, whose potentials are all padding
+    positive = total > 0
+    c = ((g * b).sum(-1) - (f * a).sum(-1)) / torch.where(positive, total, torch.ones_like(total))
+    c = torch.where(positive, c, torch.zeros_like(c))
     plan.set_dual(kr, f + c[:, None])
     plan.set_dual(kc, g - c[:, None])

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import ot
 import torch
 
 from .projectors.marginal import MarginalProjector
@@ -91,6 +90,8 @@ def _classify(prep: Prepared) -> tuple[str, list, Optional[TotalMassProjector], 
 
 
 def solve_exact(prep: Prepared, cost_in: torch.Tensor) -> ExactResult:
+    import ot  # imported on first use: POT's backends import JAX and KeOps when installed (seconds)
+
     kind, (pr, pc), mass_p, forbidden = _classify(prep)
     B, n, m = prep.problem.batch, prep.problem.n, prep.problem.m
     cost = prep.cost.expand(B, n, m)
@@ -106,12 +107,21 @@ def solve_exact(prep: Prepared, cost_in: torch.Tensor) -> ExactResult:
             Ck[mask] = big
         a = a_all[k].detach().cpu().double().numpy()
         b = b_all[k].detach().cpu().double().numpy()
+        # POT's solvers take unit-scale masses (weights ~1e-200 crash its network simplex): solve
+        # the problem scaled to unit mass; the plan scales back, the potentials do not change
+        scale = max(a.sum(), b.sum())
+        if scale == 0:  # a problem of zero mass: the zero plan
+            plans.append(np.zeros((n, m))), fs.append(np.zeros(n)), gs.append(np.zeros(m)), ok.append(True)
+            continue
         if kind == "balanced":
-            P, log = ot.emd(a, b, Ck, log=True)
+            P, log = ot.emd(a / a.sum(), b / b.sum(), Ck, log=True)
+            P = P * a.sum()
             f, g = log["u"], log["v"]
             good = log["result_code"] == 1
         else:
-            P, log = ot.partial.partial_wasserstein(a, b, Ck, m=float(mass_p.mass.expand(B)[k]), log=True)
+            mass = float(mass_p.mass.expand(B)[k])
+            P, log = ot.partial.partial_wasserstein(a / scale, b / scale, Ck, m=mass / scale, log=True)
+            P = P * scale
             f, g = np.zeros(n), np.zeros(m)
             good = log.get("warning") is None
         if forbidden is not None and P[mask].sum() > 0:

@@ -23,6 +23,7 @@ import torch
 
 from .engine import sweep
 from .plan import LogPlan
+from .problem import safe_logsumexp
 from .registry import Projector
 
 __all__ = ["implicit_duals", "dual_value", "EnvelopeGuard"]
@@ -103,7 +104,7 @@ def dual_value(state: LogPlan, projectors: list[Projector], entropy: str) -> tor
     (``sum R`` only for ``entropy="kl"``; ``"shannon"`` drops the constant as the primal does.)
     At the optimum it equals the primal value (strong duality).
     """
-    total = torch.logsumexp(state.log_plan().flatten(1), dim=1).exp()
+    total = safe_logsumexp(state.log_plan().flatten(1), dim=1).exp()
     value = -state.eps * total
     if entropy == "kl":
         value = value + state.eps * reference_mass(state)

@@ -41,6 +41,7 @@ from typing import Optional
 import torch
 
 from .footprint import COL, ROW, SCALAR, Footprint, Groups
+from .problem import safe_logsumexp
 
 __all__ = ["LogPlan", "SAFE_DRIFT"]
 
@@ -385,7 +386,7 @@ class LogPlan:
                 source = self._log_row if self._log_row is not None else self._log_col
                 if source is None:
                     source = self.log_marginal(ROW)
-                self._log_total = torch.logsumexp(source, -1)
+                self._log_total = safe_logsumexp(source, -1)
             return self._log_total
         if isinstance(footprint, Groups):
             key = id(footprint)

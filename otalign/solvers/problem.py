@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["Problem", "compute_dtype", "safe_log"]
+__all__ = ["Problem", "compute_dtype", "safe_log", "safe_logsumexp"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,6 +23,17 @@ def safe_log(x: torch.Tensor) -> torch.Tensor:
     """``log x`` with ``log 0 = -inf`` and a zero (not NaN) gradient where ``x == 0``."""
     positive = x > 0
     return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))), -torch.inf)
+
+
+def safe_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` along ``dim`` that is ``-inf`` with a zero (not NaN) gradient where every
+    entry is ``-inf`` (a problem or a row of zero mass)."""
+    shift = x.detach().amax(dim, keepdim=True)
+    empty = shift == -torch.inf
+    shift = torch.where(empty, torch.zeros_like(shift), shift)
+    total = torch.exp(x - shift).sum(dim, keepdim=True)
+    out = torch.log(torch.where(empty, torch.ones_like(total), total)) + shift
+    return torch.where(empty, torch.full_like(out, -torch.inf), out).squeeze(dim)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class Problem:
         size = self.size(axis)
         if value is None:
             return torch.full((1, size), 1.0 / size, dtype=self.dtype, device=self.device)
-        t = value.to(device=self.device, dtype=self.dtype)
+        t = self.to_compute(value, field)
         if t.dim() == 1:
             t = t[None]
         what = "rows" if axis == 0 else "columns"
@@ -57,6 +68,28 @@ class Problem:
                 f"match the {size} {what} of the cost"
             )
         self.check_batch(t.shape[0], field, value.shape)
+        return t
+
+    def to_compute(self, value: torch.Tensor, field: str) -> torch.Tensor:
+        """``value`` on the problem's device in its compute dtype; ``ValueError`` if the dtype
+        cannot represent it (overflow to inf, or positive entries that underflow to 0)."""
+        t = value.to(device=self.device, dtype=self.dtype)
+        if t.dtype != value.dtype and t.is_floating_point():
+            d = t.detach()
+            if not bool(torch.isfinite(d).all()):
+                big = float(value.detach().abs().max())
+                raise ValueError(
+                    f"{field} has entries up to {big:.3g}, beyond the range of the problem's compute "
+                    f"dtype {self.dtype} (max {torch.finfo(self.dtype).max:.3g}); expected values it can "
+                    "represent (rescale them, or solve in float64)"
+                )
+            lost = (d == 0) & (value.detach().to(d.device) != 0)
+            if bool(lost.any()):
+                raise ValueError(
+                    f"{field} has non-zero entries below the smallest {self.dtype} "
+                    f"({torch.finfo(self.dtype).tiny:.3g}) that would become 0; expected values it can "
+                    "represent (rescale them, or solve in float64)"
+                )
         return t
 
     def check_batch(self, batch: int, field: str, shape: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -12,6 +13,7 @@ from .engine import Trace
 from .footprint import COL, ROW
 from .gradients import EnvelopeGuard, reference_mass
 from .plan import LogPlan
+from .problem import safe_logsumexp
 from .registry import Projector
 
 __all__ = ["OTResult"]
@@ -64,6 +66,7 @@ class OTResult:
         grad: str = "unroll",
         envelope_value: Optional[torch.Tensor] = None,
         anchor: Optional[torch.Tensor] = None,
+        inputs: Sequence[tuple[str, torch.Tensor]] = (),
     ) -> None:
         self._state = state
         self._projectors = projectors
@@ -78,7 +81,18 @@ class OTResult:
         self.grad = grad
         self._envelope_value = envelope_value
         self._anchor = anchor
+        # the plan, values and marginals are computed on demand from the caller's tensors: record
+        # their version counters to refuse reading them after an in-place change
+        self._inputs = [(name, t, t._version) for name, t in inputs]
 
+    def _check_inputs(self) -> None:
+        for name, t, version in self._inputs:
+            if t._version != version:
+                raise RuntimeError(
+                    f"{name} was modified in place after the solve; the plan, values and marginals "
+                    "are computed on demand from it, so they would no longer be those of the problem "
+                    "solved. Read them before modifying it, or pass a copy (cost.clone()) to the solve"
+                )
     # -- helpers ------------------------------------------------------------------------------
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():
@@ -91,10 +105,12 @@ class OTResult:
 
     @cached_property
     def _log_plan(self) -> torch.Tensor:
+        self._check_inputs()
         return self._state.log_plan()
 
     @cached_property
     def _plan(self) -> torch.Tensor:
+        self._check_inputs()
         st = self._state
         tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (st.cost, st.alpha, st.beta))
         if "_log_plan" in self.__dict__ or tracked or st.batch != max(st.cost.shape[0], st.alpha.shape[0]):
@@ -107,6 +123,7 @@ class OTResult:
 
     @cached_property
     def _log_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_inputs()
         return self._state.log_marginal(ROW), self._state.log_marginal(COL)
 
     # -- plan and potentials ------------------------------------------------------------------
@@ -140,6 +157,7 @@ class OTResult:
     # -- values -------------------------------------------------------------------------------
     @cached_property
     def _transport_cost(self) -> torch.Tensor:
+        self._check_inputs()
         return (self._plan * self._state.cost).sum((-2, -1))
 
     def _entropy_term(self) -> torch.Tensor:
@@ -158,6 +176,7 @@ class OTResult:
 
     @cached_property
     def _value(self) -> torch.Tensor:
+        self._check_inputs()
         value = self._transport_cost + self.epsilon * self._entropy_term()
         for proj in self._projectors:
             if proj.footprint is not None:
@@ -178,7 +197,7 @@ class OTResult:
     @property
     def mass(self) -> torch.Tensor:
         """``(B,)`` total mass of the plan."""
-        return self._out(torch.exp(torch.logsumexp(self._log_marginals[0], -1)))
+        return self._out(torch.exp(safe_logsumexp(self._log_marginals[0], -1)))
 
     # -- convergence --------------------------------------------------------------------------
     @property

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from ..constraints.base import ConstraintSet, as_constraint_set
@@ -14,19 +16,48 @@ from .feasibility import check_feasible
 from .problem import Problem, compute_dtype, safe_log
 from .registry import Projector, projector_for
 
-__all__ = ["Prepared", "prepare", "check_scalar"]
+__all__ = ["Prepared", "prepare", "check_scalar", "MAX_ITER"]
 
 ENTROPIES = ("kl", "shannon")
 
 
-def check_scalar(name: str, value: Any, *, low: float, strict: bool = True, integer: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number above ``low``."""
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or (not integer and not math.isfinite(value)):
-        what = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name}={value!r}; expected {what} {'>' if strict else '>='} {low}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{name}={value!r}; expected {name} {'>' if strict else '>='} {low}")
+#: largest ``max_iter`` (iteration counts are int64)
+MAX_ITER = 2**62
+
+
+def check_scalar(
+    name: str, value: Any, *, low: float, strict: bool = True, integer: bool = False,
+    high: Optional[float] = None,
+) -> Any:
+    """The number ``value`` as a Python ``float`` (or ``int``), or ``ValueError`` naming ``name``.
+
+    Accepts Python and NumPy numbers and one-element tensors that do not require grad; rejects
+    bools, strings, None, NaN and infinities, and values outside ``(low, high]`` (``[low, high]``
+    when ``strict=False``).
+    """
+    what = "an integer" if integer else "a finite number"
+    bound = f"{'>' if strict else '>='} {low}" + ("" if high is None else f" and <= {high:g}")
+    raw = value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={_short(raw)} (type {type(raw).__name__}); expected {what} {bound}")
+    if integer:
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name}={_short(raw)}; expected {what} {bound}")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={_short(raw)}; expected {what} {bound}")
+    if value < low or (strict and value == low) or (high is not None and value > high):
+        raise ValueError(f"{name}={_short(raw)}; expected {name} {bound}")
+    return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass
@@ -44,24 +75,39 @@ class Prepared:
     out_dtype: torch.dtype
 
 
-def _check_cost(cost: Any) -> torch.Tensor:
+def _check_cost(cost: Any) -> tuple[torch.Tensor, float]:
+    """The validated cost and its largest magnitude ``max |C|``."""
     if not isinstance(cost, torch.Tensor):
         raise ValueError(f"cost is a {type(cost).__name__}; expected a torch.Tensor of shape (n, m) or (B, n, m)")
     if not cost.is_floating_point():
         raise ValueError(f"cost has dtype {cost.dtype}; expected a floating-point tensor")
     if cost.dim() not in (2, 3) or cost.shape[-1] == 0 or cost.shape[-2] == 0 or cost.numel() == 0:
         raise ValueError(f"cost has shape {tuple(cost.shape)}; expected (n, m) or (B, n, m) with n, m >= 1")
-    # one reduction instead of a boolean mask of the cost: the sum is finite iff every entry is
-    # (barring overflow of the sum itself, which falls back to the exact count below)
-    if bool(torch.isfinite(cost.detach().sum())):
-        return cost
-    bad = ~torch.isfinite(cost.detach())
-    if bool(bad.any()):
+    # one pass: the extremes are finite iff every entry is (NaN propagates through min and max)
+    low, high = torch.aminmax(cost.detach())
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int((~torch.isfinite(cost.detach())).sum())
         raise ValueError(
-            f"cost has {int(bad.sum())} non-finite entries (NaN or inf); expected finite costs "
+            f"cost has {bad} non-finite entries (NaN or inf); expected finite costs "
             "(forbid pairs with C.Forbid(mask=...) instead of infinite costs)"
         )
-    return cost
+    return cost, max(abs(low), abs(high))
+
+
+def check_resolution(magnitude: float, epsilon: float, dtype: torch.dtype, what: str = "costs") -> None:
+    """``ValueError`` when ``magnitude / epsilon`` (the size of the log-kernel's entries) is so large
+    that the compute dtype cannot resolve one unit of it: the plan's entries would be wrong by
+    factors of ``e`` and more (or infinite)."""
+    limit = 1.0 / torch.finfo(dtype).eps
+    scale = magnitude / epsilon
+    if not scale <= limit:  # also catches inf and NaN
+        raise ValueError(
+            f"epsilon={epsilon:.3g} is too small for {what} of magnitude {magnitude:.3g} in {dtype}: the "
+            f"log-kernel entries |C| / epsilon reach {scale:.3g}, beyond the {limit:.3g} that {dtype} "
+            "resolves to one unit; expected |C| / epsilon <= that (increase epsilon, subtract a constant "
+            "from the cost (balanced plans do not change), or solve in float64)"
+        )
 
 
 def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[type[Projector]]) -> int:
@@ -70,6 +116,10 @@ def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[ty
         sizes.setdefault(cost.shape[0], f"cost {tuple(cost.shape)}")
     for k, (c, cls) in enumerate(zip(constraints, classes)):
         b = cls.batch_size(c)
+        if b == 0:
+            raise ValueError(
+                f"constraints[{k}] ({type(c).__name__}) declares a batch of 0 problems; expected at least one"
+            )
         if b is not None:
             sizes.setdefault(b, f"constraints[{k}] ({type(c).__name__})")
     real = {b: src for b, src in sizes.items() if b != 1}
@@ -81,9 +131,10 @@ def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[ty
 
 def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: str) -> Prepared:
     """Validate everything and build the projectors; raises ``ValueError`` naming the field."""
-    cost = _check_cost(cost)
+    cost, magnitude = _check_cost(cost)
     if epsilon is not None:  # None: exact solve, no entropic term
-        check_scalar("epsilon", epsilon, low=0.0)
+        epsilon = check_scalar("epsilon", epsilon, low=0.0)
+        check_resolution(magnitude, epsilon, compute_dtype(cost.dtype))
     if entropy not in ENTROPIES:
         raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
     cset = as_constraint_set(constraints)

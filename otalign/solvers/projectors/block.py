@@ -25,7 +25,7 @@ class BlockMassProjector(Projector):
 
     def __init__(self, constraint: BlockMass, problem: Problem) -> None:
         super().__init__(constraint, problem)
-        mass = constraint.mass.to(device=problem.device, dtype=problem.dtype)
+        mass = problem.to_compute(constraint.mass, "BlockMass.mass")
         if mass.dim() == 2:
             mass = mass[None]
         problem.check_batch(mass.shape[0], "BlockMass.mass", tuple(constraint.mass.shape))

@@ -27,9 +27,9 @@ class TotalMassProjector(Projector):
         super().__init__(constraint, problem)
         mass = constraint.mass
         if isinstance(mass, torch.Tensor):
-            mass = mass.to(device=problem.device, dtype=problem.dtype).reshape(-1)
+            mass = problem.to_compute(mass, "TotalMass.mass").reshape(-1)
         else:
-            mass = torch.full((1,), mass, dtype=problem.dtype, device=problem.device)
+            mass = problem.to_compute(torch.tensor([mass], dtype=torch.float64), "TotalMass.mass")
         problem.check_batch(mass.shape[0], "TotalMass.mass", tuple(mass.shape))
         self.mass = mass
         self.log_mass = torch.log(mass)
