@@ -13,11 +13,6 @@ from .cli_args import MAX_COUNT, available_cpus, integer, real
 
 __all__ = ["main", "build_parser"]
 
-#: The smallest epsilon of ``otalign demo``: its costs are float64 in [0, 1], and cost / epsilon
-#: must stay finite (the smallest normal float64).
-DEMO_MIN_EPSILON = sys.float_info.min
-#: Seeds of torch generators (``torch.Generator.manual_seed``) are 64-bit.
-MAX_SEED = 2**63 - 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -96,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otalign", description="Entropic optimal transport with declarative constraints.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="solve built-in example problems and print a summary per problem")
+    from .demo import MAX_SEED, MIN_EPSILON
+
     demo.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the generated point clouds (0 to 2^63 - 1)")
     demo.add_argument(
         "--epsilon",
-        type=real(DEMO_MIN_EPSILON, note=" (the demo's costs are float64 in [0, 1])"),
+        type=real(MIN_EPSILON, note=" (the demo's costs are float64 in [0, 1])"),
         default=0.05,
         help="entropic strength, a finite number > 0 (costs are scaled to [0, 1])",
     )

@@ -211,3 +211,25 @@ def test_demo_and_bench_accept_their_documented_ranges():
     assert code == 0 and args.threads == available_cpus()
     _, code, err = parse(["bench", "--threads", str(available_cpus() + 1)])
     assert code == 2 and "--threads" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed="3"), "seed='3'"),
+        (dict(seed=True), "seed=True"),
+        (dict(seed=-1), "seed=-1"),
+        (dict(seed=2**64), "seed="),
+        (dict(seed=1.0), "seed=1.0"),
+        (dict(epsilon=math.nan), "epsilon=nan"),
+        (dict(epsilon="0.05"), "epsilon='0.05'"),
+        (dict(epsilon=True), "epsilon=True"),
+        (dict(epsilon=1e-320), "epsilon=1e-320"),
+        (dict(epsilon=math.inf), "epsilon=inf"),
+    ],
+)
+def test_run_demo_rejects_bad_arguments_before_any_work(kwargs, match):
+    from otalign.demo import run_demo
+
+    with pytest.raises(ValueError, match=match):
+        run_demo(**kwargs)
