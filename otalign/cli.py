@@ -9,13 +9,20 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["main"]
+from .cli_args import MAX_COUNT, available_cpus, integer, real
+
+__all__ = ["main", "build_parser"]
+
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_table, run_demo
 
-    print(format_table(run_demo(seed=args.seed, epsilon=args.epsilon)))
+    try:
+        rows = run_demo(seed=args.seed, epsilon=args.epsilon)
+    except ValueError as exc:  # the parser's checks should make this unreachable
+        args.parser.error(str(exc))
+    print(format_table(rows))
     return 0
 
 
@@ -80,33 +87,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}; expected an integer >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}; expected a finite number > 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otalign", description="Entropic optimal transport with declarative constraints.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="solve built-in example problems and print a summary per problem")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generated point clouds")
-    demo.add_argument("--epsilon", type=float, default=0.05, help="entropic strength (costs are scaled to [0, 1])")
-    demo.set_defaults(func=_demo)
+    from .demo import MAX_SEED, MIN_EPSILON
+
+    demo.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the generated point clouds (0 to 2^63 - 1)")
+    demo.add_argument(
+        "--epsilon",
+        type=real(MIN_EPSILON, note=" (the demo's costs are float64 in [0, 1])"),
+        default=0.05,
+        help="entropic strength, a finite number > 0 (costs are scaled to [0, 1])",
+    )
+    demo.set_defaults(func=_demo, parser=demo)
 
     bench = sub.add_parser(
         "bench",
@@ -119,13 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--libraries", metavar="LIST", help="comma-separated 'library' or 'library:config' items, e.g. 'otalign,pot:sinkhorn_log'")
     bench.add_argument("--device", default=None, help="cpu (default), cuda, cuda:<index> or auto")
     bench.add_argument("--dtype", default=None, choices=["float32", "float64"], help="dtype of every library (default float32)")
-    bench.add_argument("--repeats", type=_positive_int, default=None, help="timed calls per median (default 5; quick 3)")
+    count = integer(1, MAX_COUNT)
+    positive = real(0.0, low_open=True)
+    bench.add_argument("--repeats", type=count, default=None, help="timed calls per median (default 5; quick 3)")
     bench.add_argument("--out", default=None, metavar="DIR", help="output directory (default results/bench)")
-    bench.add_argument("--target", type=_positive_float, default=None, help="error target of time-to-tolerance (default 1e-4)")
-    bench.add_argument("--iters", type=_positive_int, default=None, help="sweeps of the ms/iter measurement (default 100; quick 20)")
-    bench.add_argument("--max-iter", type=_positive_int, default=None, help="sweep cap of time-to-tolerance runs (default 2000; quick 300)")
-    bench.add_argument("--budget", type=_positive_float, default=None, metavar="SECONDS", help="time budget of each stage of one configuration on one problem (default 120; quick 2)")
-    bench.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of torch and XLA during the run (default: 1 on cpu, the libraries' own on cuda)")
+    bench.add_argument("--target", type=positive, default=None, help="error target of time-to-tolerance (default 1e-4)")
+    bench.add_argument("--iters", type=count, default=None, help="sweeps of the ms/iter measurement (default 100; quick 20)")
+    bench.add_argument("--max-iter", type=count, default=None, help="sweep cap of time-to-tolerance runs (default 2000; quick 300)")
+    bench.add_argument("--budget", type=positive, default=None, metavar="SECONDS", help="time budget of each stage of one configuration on one problem (default 120; quick 2)")
+    bench.add_argument("--threads", type=integer(1, available_cpus(), "a thread count"), default=None, help="CPU threads of torch and XLA during the run, at most the available cores (default: 1 on cpu, the libraries' own on cuda)")
     bench.add_argument("--check", action="store_true", help="only check every library's conventions against a float64 reference on tiny problems (float64 unless --dtype)")
     bench.add_argument("--list", action="store_true", help="list the problems and library configurations, then exit")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")

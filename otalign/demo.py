@@ -7,9 +7,11 @@ renders them. The CLI only calls these two functions.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import constraints as C
@@ -65,8 +67,31 @@ def _summaries(name: str, cost: torch.Tensor, constraints, res, seconds: float, 
     return out
 
 
+MAX_SEED = 2**63 - 1
+#: The costs are float64 in [0, 1]: cost / epsilon stays finite for epsilon >= the smallest normal.
+MIN_EPSILON = sys.float_info.min
+
+
+def _check_arguments(seed: int, epsilon: float) -> None:
+    """ValueError naming the argument unless ``0 <= seed <= 2^63 - 1`` (an int) and epsilon is a
+    finite real number >= :data:`MIN_EPSILON` (Python or NumPy scalar, not a bool)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r}; expected an integer in [0, 2^63 - 1]")
+    ok = isinstance(epsilon, (int, float, np.integer, np.floating)) and not isinstance(epsilon, (bool, np.bool_))
+    if not (ok and math.isfinite(epsilon) and epsilon >= MIN_EPSILON):
+        raise ValueError(
+            f"epsilon={epsilon!r}; expected a finite number >= {MIN_EPSILON:g} (the demo's costs are float64 in [0, 1])"
+        )
+
+
 def run_demo(seed: int = 0, epsilon: float = 0.05) -> list[Summary]:
-    """Solve the example problems (float64, CPU) and summarise each one."""
+    """Solve the example problems (float64, CPU) and summarise each one.
+
+    ``seed``: an integer in [0, 2^63 - 1]; ``epsilon``: a finite number >= the smallest normal
+    float64 (the costs are scaled to [0, 1]). Anything else raises ``ValueError``.
+    """
+    _check_arguments(seed, epsilon)
+    seed, epsilon = int(seed), float(epsilon)
     g = torch.Generator().manual_seed(seed)
     x, y = _cloud(300, 2, g), _cloud(200, 2, g, shift=1.0)
     cost = torch.cdist(x, y) ** 2

@@ -6,8 +6,9 @@ nothing about solvers or iterations: the solver layer maps each constraint type 
 through a registry (:mod:`otalign.solvers.registry`).
 
 Every concrete subclass is registered by its class name, so that :func:`otalign.constraints.parse`
-can rebuild it from JSON. Tensors are stored as given (a tensor that requires grad keeps its
-autograd graph) and are written to JSON as nested lists.
+can rebuild it from JSON. Floating tensors are stored as given (a tensor that requires grad keeps
+its autograd graph) and are written to JSON as nested lists. Numbers and tensors are converted by
+:mod:`otalign.constraints.coerce` (strings and booleans are never numbers).
 """
 
 from __future__ import annotations
@@ -16,66 +17,54 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated, Any, ClassVar
 
-import numpy as np
 import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
-__all__ = ["Constraint", "ConstraintSet", "Tensor", "BoolTensor", "IntTensor", "as_constraint_set"]
+from .coerce import short_repr, tensor_validator
+
+__all__ = ["Constraint", "ConstraintSet", "Tensor", "BoolTensor", "IntTensor", "as_constraint_set", "tensor_to_json"]
 
 
-def _to_float_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
-            raise ValueError(f"expected a real tensor, got dtype {value.dtype}")
-        return value if value.is_floating_point() else value.to(torch.float64)
-    try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"expected a tensor or a nested sequence of numbers, got {value!r}") from exc
+def tensor_to_json(t: torch.Tensor) -> Any:
+    """Nested lists; a tensor with an empty dimension that nested lists cannot express (any but
+    the last, e.g. an empty batch ``(0, n)``) is written as ``{"shape": [...], "values": []}``."""
+    t = t.detach().cpu()
+    if any(size == 0 for size in t.shape[:-1]):
+        return {"shape": list(t.shape), "values": []}
+    return t.tolist()
 
 
-def _to_bool_tensor(value: Any) -> torch.Tensor:
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    if t.dtype != torch.bool:
-        raise ValueError(f"expected a boolean tensor, got dtype {t.dtype}")
-    return t
-
-
-def _to_int_tensor(value: Any) -> torch.Tensor:
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"expected an integer tensor, got dtype {t.dtype}")
-    return t.to(torch.int64)
-
-
-def _tensor_to_list(t: torch.Tensor) -> Any:
-    return t.detach().cpu().tolist()
-
-
-#: A real tensor field (a sequence or array is converted to a float64 tensor; a tensor is kept).
+#: A real tensor field (a sequence or array is converted to a float64 tensor; a floating tensor is
+#: kept as given; an integer tensor becomes float64). See :mod:`otalign.constraints.coerce`.
 Tensor = Annotated[
     torch.Tensor,
-    BeforeValidator(_to_float_tensor),
-    PlainSerializer(_tensor_to_list, when_used="json"),
+    BeforeValidator(tensor_validator("real")),
+    PlainSerializer(tensor_to_json, when_used="json"),
 ]
 #: A boolean tensor field.
 BoolTensor = Annotated[
     torch.Tensor,
-    BeforeValidator(_to_bool_tensor),
-    PlainSerializer(_tensor_to_list, when_used="json"),
+    BeforeValidator(tensor_validator("bool")),
+    PlainSerializer(tensor_to_json, when_used="json"),
 ]
 #: An integer (int64) tensor field.
 IntTensor = Annotated[
     torch.Tensor,
-    BeforeValidator(_to_int_tensor),
-    PlainSerializer(_tensor_to_list, when_used="json"),
+    BeforeValidator(tensor_validator("int")),
+    PlainSerializer(tensor_to_json, when_used="json"),
 ]
 
 
 def _values_equal(x: Any, y: Any) -> bool:
+    """Equality by value: tensors of equal shape and entries (whatever their dtype or device);
+    a 0-dim tensor equals the Python number of the same value (both mean one scalar, and JSON
+    cannot tell them apart); NaN equals NaN."""
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-            return False
+            tensor, other = (x, y) if isinstance(x, torch.Tensor) else (y, x)
+            if tensor.dim() != 0 or isinstance(other, bool) or not isinstance(other, (int, float)):
+                return False
+            return _values_equal(tensor.item(), float(other))
         return x.shape == y.shape and bool(torch.equal(x.detach().cpu(), y.detach().cpu()))
     if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
         return True
@@ -140,7 +129,7 @@ class ConstraintSet(Sequence[Constraint]):
         for k, item in enumerate(items):
             if not isinstance(item, Constraint):
                 raise ValueError(
-                    f"constraints[{k}] is {item!r} (type {type(item).__name__}); "
+                    f"constraints[{k}] is {short_repr(item)} (type {type(item).__name__}); "
                     "expected an otalign constraint such as C.Marginal(...)"
                 )
         self._items = items
@@ -182,7 +171,7 @@ def as_constraint_set(value: Any) -> ConstraintSet:
         return ConstraintSet([value])
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ValueError(
-            f"constraints={value!r} (type {type(value).__name__}); expected a constraint, "
+            f"constraints={short_repr(value)} (type {type(value).__name__}); expected a constraint, "
             "a list of constraints or a ConstraintSet"
         )
     return ConstraintSet(value)

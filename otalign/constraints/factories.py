@@ -6,10 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from .base import ConstraintSet
-from .types import KL, Marginal, TotalMass
+from .coerce import short_repr
+from .types import KL, Marginal, TotalMass, check_rho
 
 __all__ = ["balanced", "unbalanced", "partial"]
 
@@ -24,23 +26,34 @@ def balanced(a: Weights = None, b: Weights = None) -> ConstraintSet:
     return ConstraintSet([Marginal(axis=0, weights=a), Marginal(axis=1, weights=b)])
 
 
-def _rho_pair(rho: Union[float, Sequence[float]]) -> tuple[float, float]:
-    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
-        return float(rho), float(rho)
-    try:
-        pair = tuple(float(r) for r in rho)  # type: ignore[union-attr]
-    except TypeError as exc:
-        raise ValueError(f"rho={rho!r}; expected a number or a pair (rho_a, rho_b)") from exc
-    if len(pair) != 2:
-        raise ValueError(f"rho={rho!r}; expected a number or a pair (rho_a, rho_b)")
-    return pair  # type: ignore[return-value]
+def _rho_pair(rho: Any) -> tuple[float, float]:
+    """``(rho_a, rho_b)`` from a number (both sides), a one-element list/tuple/array/tensor
+    (both sides) or a two-element one; each entry is checked by :func:`check_rho` (strings,
+    bytes, booleans, NaN and values <= 0 are rejected)."""
+    if isinstance(rho, (torch.Tensor, np.ndarray)) and rho.ndim == 1:
+        items = list(rho)  # 0-dim tensors / NumPy scalars
+    elif isinstance(rho, (list, tuple)):
+        items = list(rho)
+    else:
+        items = [rho]
+    if len(items) not in (1, 2):
+        raise ValueError(
+            f"rho={short_repr(rho)} has {len(items)} entries; expected a number or a pair (rho_a, rho_b)"
+        )
+    if len(items) == 1:
+        value = check_rho(items[0], "rho")
+        return value, value
+    return check_rho(items[0], "rho[0]"), check_rho(items[1], "rho[1]")
 
 
 def unbalanced(rho: Union[float, Sequence[float]], a: Weights = None, b: Weights = None) -> ConstraintSet:
     """KL-relaxed marginals: ``rho_a KL(P 1 || a) + rho_b KL(P^T 1 || b)`` in the objective.
 
     ``rho`` is a number (both sides) or a pair ``(rho_a, rho_b)``; ``math.inf`` on one side keeps
-    that marginal hard (the semi-relaxed problem), on both sides gives :func:`balanced`.
+    that marginal hard (the semi-relaxed problem), on both sides gives :func:`balanced`. A number
+    may be a NumPy scalar or a 0-dim tensor; a one-element list, tuple, array or tensor counts as a
+    number, a two-element one as the pair. Anything else (a string, a bool, NaN, a value <= 0)
+    raises ``ValueError`` naming ``rho``.
     """
     rho_a, rho_b = _rho_pair(rho)
 

@@ -10,19 +10,22 @@ dual update of each type.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationInfo, field_validator, model_validator
 
-from .base import BoolTensor, Constraint, IntTensor, Tensor, _Model
+from .base import BoolTensor, Constraint, IntTensor, Tensor, _Model, tensor_to_json
+from .coerce import as_tensor, from_json, integer, real_number, short_repr
 
 __all__ = ["KL", "TV", "Penalty", "Marginal", "TotalMass", "Forbid", "BlockMass"]
 
 
-def _check_rho(rho: float) -> float:
+def check_rho(value: Any, field: str = "rho", *, json: bool = False) -> float:
+    """``value`` as a penalty strength: a real number > 0, ``math.inf`` for a hard constraint."""
+    rho = real_number(value, field, json=json)
     if math.isnan(rho) or rho <= 0:
-        raise ValueError(f"rho={rho!r}; expected rho > 0 (math.inf means a hard constraint)")
+        raise ValueError(f"{field}={rho!r}; expected a number > 0 (math.inf means a hard constraint)")
     return rho
 
 
@@ -31,10 +34,10 @@ class _Penalty(_Model):
 
     rho: float
 
-    @field_validator("rho")
+    @field_validator("rho", mode="before")
     @classmethod
-    def _rho(cls, rho: float) -> float:
-        return _check_rho(rho)
+    def _rho(cls, rho: Any, info: ValidationInfo) -> float:
+        return check_rho(rho, json=from_json(info))
 
 
 class KL(_Penalty):
@@ -92,6 +95,14 @@ class Marginal(Constraint):
     relation: Literal["==", "<="] = "=="
     penalty: Optional[Penalty] = Field(default=None, discriminator="type")
 
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _axis(cls, axis: Any) -> int:
+        value = integer(axis, "axis")
+        if value not in (0, 1):
+            raise ValueError(f"axis={short_repr(axis)}; expected 0 (rows) or 1 (columns)")
+        return value
+
     @field_validator("weights")
     @classmethod
     def _weights(cls, w: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -103,34 +114,38 @@ class Marginal(Constraint):
         return self.penalty is None or math.isinf(self.penalty.rho)
 
 
+def _total_mass(value: Any, info: ValidationInfo) -> Union[float, torch.Tensor]:
+    """A scalar (Python or NumPy) becomes a float; a tensor is kept as given (a 0-dim tensor is
+    one mass, like a float); a sequence or array becomes a float64 tensor of shape ``(B,)``."""
+    if isinstance(value, (torch.Tensor, list, tuple, dict)) or getattr(value, "ndim", 0):
+        t = as_tensor(value, "mass", "real")
+        if t.dim() > 1:
+            raise ValueError(f"mass has shape {tuple(t.shape)}; expected a number or (B,)")
+        d = t.detach()
+        if not (torch.isfinite(d).all() and (d > 0).all()):
+            raise ValueError(f"mass={short_repr(d)}; expected finite masses > 0")
+        return t
+    mass = real_number(value, "mass", json=from_json(info))
+    if not (math.isfinite(mass) and mass > 0):
+        raise ValueError(f"mass={mass!r}; expected a finite mass > 0")
+    return mass
+
+
+def _total_mass_json(value: Union[float, torch.Tensor]) -> Any:
+    return tensor_to_json(value) if isinstance(value, torch.Tensor) else value
+
+
 class TotalMass(Constraint):
     """The plan carries a prescribed total mass: ``sum_ij P_ij = mass`` (partial transport).
 
     ``mass`` is a positive number, or a tensor of shape ``(B,)`` with one mass per problem.
     """
 
-    mass: Union[float, Tensor]
-
-    @field_validator("mass", mode="before")
-    @classmethod
-    def _mass(cls, v):  # noqa: ANN001 - pydantic validator
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = float(v)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"mass={v!r}; expected a finite mass > 0")
-            return v
-        return v
-
-    @field_validator("mass")
-    @classmethod
-    def _mass_tensor(cls, v):  # noqa: ANN001
-        if isinstance(v, torch.Tensor):
-            if v.dim() > 1:
-                raise ValueError(f"mass has shape {tuple(v.shape)}; expected a number or (B,)")
-            d = v.detach()
-            if not (torch.isfinite(d).all() and (d > 0).all()):
-                raise ValueError(f"mass={d.tolist()!r}; expected finite masses > 0")
-        return v
+    mass: Annotated[
+        Union[float, torch.Tensor],
+        PlainValidator(_total_mass),
+        PlainSerializer(_total_mass_json, when_used="json"),
+    ]
 
 
 class Forbid(Constraint):
@@ -145,10 +160,12 @@ class Forbid(Constraint):
 
     @field_validator("mask", mode="before")
     @classmethod
-    def _mask_before(cls, v):  # noqa: ANN001
-        if isinstance(v, str) and v != "diagonal":
-            raise ValueError(f"mask={v!r}; expected 'diagonal' or a boolean tensor (n, m)/(B, n, m)")
-        return v
+    def _mask_before(cls, v: Any) -> Union[str, torch.Tensor]:
+        if isinstance(v, str) and v == "diagonal":
+            return v
+        if isinstance(v, (str, bytes)):
+            raise ValueError(f"mask={short_repr(v)}; expected 'diagonal' or a boolean tensor (n, m)/(B, n, m)")
+        return as_tensor(v, "mask", "bool")
 
     @field_validator("mask")
     @classmethod

@@ -13,20 +13,22 @@ Modules: ``config`` (TrainConfig), ``data`` (data sets and splits), ``augment`` 
 augmentations), ``domains`` (style domains), ``models`` (encoder and head), ``reproducibility``
 (seeding, threads), ``train`` (pretrain), ``metrics`` (probe, kNN, alignment, uniformity),
 ``evaluate`` (metrics of a model), ``losses`` (the contrastive losses by name), ``results`` (run records, JSON), ``run`` (one run, grids of
-runs), ``compare`` (loss comparison), ``sweep`` (domain sweep), ``plots``, ``tables``.
+runs), ``compare`` (loss comparison), ``sweep`` (domain sweep), ``outputs`` (the output directory:
+checks, resuming, consistency), ``files`` (atomic writes), ``plots``, ``tables``.
 """
 
-from . import augment
+from . import augment, outputs
 from .compare import Comparison, run_comparison
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .domains import DOMAIN_STYLES, apply_domain_styles, assign_domains
 from .evaluate import Metrics, evaluate, extract
-from .losses import LOSS_NAMES, LossParams, domain_loss_factory, loss_factory
+from .losses import LOSS_NAMES, LossParams, NamedLossFactory, domain_loss_factory, loss_factory
 from .metrics import alignment, knn_accuracy, linear_probe_accuracy, uniformity
 from .models import SimCLRModel, build_model
 from .results import RunResult
-from .run import run_experiment, run_grid
+from .outputs import ResultConflict
+from .run import describe_loss, run_experiment, run_grid
 from .sweep import DomainSweep, run_domain_sweep
 from .train import TrainResult, pretrain
 
@@ -52,6 +54,9 @@ __all__ = [
     "RunResult",
     "run_experiment",
     "run_grid",
+    "describe_loss",
+    "outputs",
+    "ResultConflict",
     "Comparison",
     "run_comparison",
     "DomainSweep",
@@ -60,4 +65,5 @@ __all__ = [
     "LossParams",
     "loss_factory",
     "domain_loss_factory",
+    "NamedLossFactory",
 ]

@@ -161,14 +161,13 @@ class Comparison:
         )
 
     def save(self, directory: Union[str, Path]) -> dict[str, Path]:
-        """Write ``comparison.json`` (config, summary, every run's record) and ``comparison.png``
-        (bar plot of the metrics) to ``directory``; returns their paths by kind."""
+        """Write ``comparison.png`` (bar plot of the metrics), then ``comparison.json`` (config,
+        summary, every run's record) to ``directory``, each atomically; returns their paths by
+        kind."""
         directory = Path(directory)
         title = f"{self.config.dataset}, {self.config.augmentation} aug., {len(self.seeds)} seed(s)"
-        return {
-            "json": write_json(directory / "comparison.json", self.to_dict()),
-            "png": bar_plot(self.summary(), self.metrics, METRIC_LABELS, directory / "comparison.png", title),
-        }
+        png = bar_plot(self.summary(), self.metrics, METRIC_LABELS, directory / "comparison.png", title)
+        return {"json": write_json(directory / "comparison.json", self.to_dict()), "png": png}
 
 
 def _paired_p_value(diffs: Sequence[float]) -> Optional[float]:
@@ -183,6 +182,8 @@ def run_comparison(
     seeds: Sequence[int],
     config: TrainConfig,
     data: Optional[Dataset] = None,
+    *,
+    resume: bool = False,
 ) -> Comparison:
     """Run every loss with every seed (:func:`~otalign.experiments.run.run_grid`).
 
@@ -192,12 +193,16 @@ def run_comparison(
         seeds: distinct non-negative run seeds; each replaces ``config.seed``.
         config: the base configuration.
         data: the data set (None: loaded once from ``config``).
+        resume: reuse the runs already recorded in ``config.output_dir`` with the same settings
+            and refuse a directory of other settings (see :func:`~otalign.experiments.run.run_grid`).
 
-    With ``config.output_dir`` set, every run's JSON record is written as it finishes and the
-    comparison (:meth:`Comparison.save`) at the end.
+    With ``config.output_dir`` set, the directory is checked before any training, every run's
+    JSON record is written as it finishes (the directory's old summaries are removed before the
+    first one), and the comparison (:meth:`Comparison.save`) at the end. An interrupted
+    comparison therefore leaves its finished runs' records and no ``comparison.json``.
     """
     seeds = list(seeds)
-    runs = run_grid(loss_factories, seeds, config, data)
+    runs = run_grid(loss_factories, seeds, config, data, resume=resume)
     comparison = Comparison(config=config, seeds=seeds, runs=runs)
     if config.output_dir is not None:
         comparison.save(config.output_dir)

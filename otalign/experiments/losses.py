@@ -15,16 +15,25 @@ Any loss of the contrastive layer can be used from Python directly: the pipeline
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from torch import nn
 
 from .. import contrastive as cl
 
-__all__ = ["LOSS_NAMES", "LossParams", "loss_factory", "domain_loss_factory"]
+__all__ = ["LOSS_NAMES", "LOSS_PARAMETERS", "LossParams", "NamedLossFactory", "loss_factory", "domain_loss_factory"]
 
 LOSS_NAMES = ("infonce", "rince", "gca-infonce", "gca-rince", "gca-uot")
+#: The fields of :class:`LossParams` each named loss uses.
+LOSS_PARAMETERS = {
+    "infonce": ("epsilon",),
+    "rince": ("epsilon", "q", "lam"),
+    "gca-infonce": ("epsilon", "n_iter"),
+    "gca-rince": ("epsilon", "n_iter", "q", "lam"),
+    "gca-uot": ("epsilon", "n_iter", "rho", "lam", "q", "r1", "r2"),
+}
 
 
 @dataclass(frozen=True)
@@ -63,19 +72,47 @@ def _build(name: str, p: LossParams, target: Optional[cl.Target]) -> nn.Module:
     return cl.GCAUOT(p.epsilon, p.n_iter, rho=p.rho, lam=p.lam, q=p.q, r1=p.r1, r2=p.r2, **kw)
 
 
-def loss_factory(name: str, params: Optional[LossParams] = None) -> Callable[[], nn.Module]:
+def _json_number(value: float) -> Any:
+    """A hyper-parameter as a strict-JSON value (``rho = inf`` is the string ``"inf"``)."""
+    return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+@dataclass(frozen=True)
+class NamedLossFactory:
+    """A zero-argument callable building a fresh named loss; :meth:`describe` says which one
+    (recorded in each run's record, and compared when runs are resumed)."""
+
+    name: str
+    params: LossParams
+    target: Optional[tuple[float, float]] = None  # (alpha, beta) of a DomainTarget
+
+    def __call__(self) -> nn.Module:
+        target = None if self.target is None else cl.DomainTarget(*self.target)
+        return _build(self.name, self.params, target)
+
+    def describe(self) -> dict[str, Any]:
+        """``{"loss": name, <the hyper-parameters it uses>...}``, plus ``"target"`` for a
+        domain-aware loss; JSON values only."""
+        out: dict[str, Any] = {"loss": self.name}
+        out.update({k: _json_number(getattr(self.params, k)) for k in LOSS_PARAMETERS[self.name]})
+        if self.target is not None:
+            out["target"] = {"type": "DomainTarget", "alpha": self.target[0], "beta": self.target[1]}
+        return out
+
+
+def loss_factory(name: str, params: Optional[LossParams] = None) -> NamedLossFactory:
     """A zero-argument callable building a fresh loss ``name`` (validated now, not at run time)."""
     if name not in LOSS_NAMES:
         raise ValueError(f"loss={name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    p = params or LossParams()
-    _build(name, p, None)  # raise on bad hyper-parameters before any training starts
-    return lambda: _build(name, p, None)
+    factory = NamedLossFactory(name, params or LossParams())
+    factory()  # raise on bad hyper-parameters before any training starts
+    return factory
 
 
-def domain_loss_factory(name: str, alpha: float, beta: float, params: Optional[LossParams] = None) -> Callable[[], nn.Module]:
+def domain_loss_factory(name: str, alpha: float, beta: float, params: Optional[LossParams] = None) -> NamedLossFactory:
     """Loss ``name`` with the domain-aware target ``DomainTarget(alpha, beta)``."""
     if name not in LOSS_NAMES:
         raise ValueError(f"loss={name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    p = params or LossParams()
-    _build(name, p, cl.DomainTarget(alpha, beta))
-    return lambda: _build(name, p, cl.DomainTarget(alpha, beta))
+    factory = NamedLossFactory(name, params or LossParams(), (alpha, beta))
+    factory()
+    return factory

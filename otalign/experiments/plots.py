@@ -9,17 +9,19 @@ from typing import Mapping, Optional, Sequence, Union
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .files import atomic_write
+
 __all__ = ["bar_plot", "sweep_plot"]
 
 Stats = Mapping[str, Optional[float]]  # {"mean", "std", "n"} as made by results.mean_std
 
 
 def _save(fig: Figure, path: Union[str, Path]) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
 
 
 def _err(stats: Stats) -> float:

@@ -14,6 +14,7 @@ import torch
 
 from .config import TrainConfig
 from .evaluate import Metrics
+from .files import atomic_write_text
 
 __all__ = ["RunResult", "write_json", "mean_std", "run_filename"]
 
@@ -36,6 +37,9 @@ class RunResult:
         metrics: final metrics on frozen features.
         timings: seconds: ``pretrain``, ``evaluate``, ``total``.
         environment: torch, Python and platform versions.
+        loss: the loss's description (name and hyper-parameters, JSON values), when its factory
+            has a ``describe()`` method (the named losses of :mod:`~otalign.experiments.losses`
+            do); None otherwise. Resuming compares it (:mod:`~otalign.experiments.outputs`).
     """
 
     name: str
@@ -45,6 +49,7 @@ class RunResult:
     metrics: Metrics
     timings: dict[str, float]
     environment: dict[str, str] = field(default_factory=_environment)
+    loss: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +60,7 @@ class RunResult:
             "metrics": self.metrics.to_dict(),
             "timings": dict(self.timings),
             "environment": dict(self.environment),
+            "loss": None if self.loss is None else dict(self.loss),
         }
 
     @classmethod
@@ -67,10 +73,12 @@ class RunResult:
             metrics=Metrics(**values["metrics"]),
             timings=dict(values["timings"]),
             environment=dict(values["environment"]),
+            loss=None if values.get("loss") is None else dict(values["loss"]),
         )
 
     def save(self, path: PathLike) -> Path:
-        """Write the JSON record to ``path`` (parent folders are created); returns the path."""
+        """Write the JSON record to ``path`` atomically (parent folders are created); returns the
+        path."""
         return write_json(path, self.to_dict())
 
     @classmethod
@@ -84,11 +92,13 @@ def run_filename(name: str, seed: int) -> str:
 
 
 def write_json(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented, strict JSON (no NaN) to ``path``, creating parent folders."""
+    """Write ``obj`` as indented, strict JSON (no NaN) to ``path``, creating parent folders.
+
+    The write is atomic (:func:`~otalign.experiments.files.atomic_write`): an interrupted write
+    leaves the previous file, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def mean_std(values: Sequence[Optional[float]]) -> dict[str, Optional[float]]:

@@ -86,20 +86,19 @@ class DomainSweep:
         }
 
     def save(self, directory: Union[str, Path]) -> dict[str, Path]:
-        """Write ``domain_sweep.json`` (config, rows, every run's record) and ``domain_sweep.png``
-        (domain and class accuracy against ``alpha - beta``) to ``directory``; returns their paths."""
+        """Write ``domain_sweep.png`` (domain and class accuracy against ``alpha - beta``), then
+        ``domain_sweep.json`` (config, rows, every run's record) to ``directory``, each
+        atomically; returns their paths."""
         directory = Path(directory)
         rows = self.rows()
-        return {
-            "json": write_json(directory / "domain_sweep.json", self.to_dict()),
-            "png": sweep_plot(
-                self.keys,
-                [r["domain_acc"] for r in rows],
-                [r["class_acc"] for r in rows],
-                directory / "domain_sweep.png",
-                f"domain sweep on digits, seeds {self.seeds}",
-            ),
-        }
+        png = sweep_plot(
+            self.keys,
+            [r["domain_acc"] for r in rows],
+            [r["class_acc"] for r in rows],
+            directory / "domain_sweep.png",
+            f"domain sweep on digits, seeds {self.seeds}",
+        )
+        return {"json": write_json(directory / "domain_sweep.json", self.to_dict()), "png": png}
 
 
 def run_domain_sweep(
@@ -107,6 +106,8 @@ def run_domain_sweep(
     config: TrainConfig,
     seeds: Sequence[int] = (0,),
     data: Optional[Dataset] = None,
+    *,
+    resume: bool = False,
 ) -> DomainSweep:
     """Train and evaluate one loss per ``alpha - beta`` value, on digits with 4 style domains.
 
@@ -116,9 +117,12 @@ def run_domain_sweep(
         config: the base configuration; ``domains`` is set to True (``dataset`` must be ``"digits"``).
         seeds: distinct non-negative run seeds.
         data: a data set with domains (None: loaded from the configuration).
+        resume: reuse the runs already recorded in ``config.output_dir`` with the same settings
+            and refuse a directory of other settings (see :func:`~otalign.experiments.run.run_grid`).
 
-    With ``config.output_dir`` set, every run's JSON record is written as it finishes and the
-    sweep (:meth:`DomainSweep.save`) at the end.
+    With ``config.output_dir`` set, the directory is checked before any training, every run's
+    JSON record is written as it finishes (the directory's old summaries are removed before the
+    first one) and the sweep (:meth:`DomainSweep.save`) at the end.
     """
     if not isinstance(loss_factories, Mapping) or not loss_factories:
         raise ValueError(
@@ -137,7 +141,8 @@ def run_domain_sweep(
         )
     named = {sweep_name(float(k)): factory for k, factory in sorted(loss_factories.items())}
     seeds = list(seeds)
-    sweep = DomainSweep(config=config, seeds=seeds, keys=keys, runs=run_grid(named, seeds, config, data))
+    runs = run_grid(named, seeds, config, data, resume=resume)
+    sweep = DomainSweep(config=config, seeds=seeds, keys=keys, runs=runs)
     if config.output_dir is not None:
         sweep.save(config.output_dir)
     return sweep
