@@ -91,8 +91,10 @@ def add_train_parser(sub: Any) -> None:
                    help="distinct seeds of --compare / --domain-sweep (default 0,1,2)")
     defaults = LossParams()
     g = p.add_argument_group("loss hyper-parameters")
-    g.add_argument("--epsilon", type=real(0.0, FLOAT32_MAX, low_open=True, note=F32), default=defaults.epsilon,
-                   help="temperature = entropic strength > 0")
+    # the cosine costs are of magnitude 1 and the losses compute in float32, which resolves
+    # |cost| / epsilon up to 8.4e6 (otalign.solve rejects smaller epsilons): 1e-6 keeps a margin
+    g.add_argument("--epsilon", type=real(1e-6, FLOAT32_MAX, note=F32), default=defaults.epsilon,
+                   help="temperature = entropic strength, >= 1e-6 (float32 resolves |cost| / epsilon up to 8.4e6)")
     g.add_argument("--n-iter", type=integer(0, MAX_COUNT), default=defaults.n_iter, help="Sinkhorn iterations of the GCA losses (>= 0)")
     g.add_argument("--q", type=real(0.0, 1.0, low_open=True), default=defaults.q, help="RINCE exponent q in (0, 1]")
     g.add_argument("--lam", type=real(0.0, FLOAT32_MAX, low_open=True, note=F32), default=defaults.lam, help="RINCE lambda > 0")

@@ -57,6 +57,7 @@ class Trace:
     converged: torch.Tensor  # (B,) error <= tol
     diverged: torch.Tensor  # (B,) non-finite values met (rolled back)
     gap: torch.Tensor  # (B,) duality gap (primal minus dual objective) at the last check
+    stalled: torch.Tensor  # (B,) stopped early: no progress over the stall window (see iterate)
 
 
 def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> torch.Tensor:
@@ -226,6 +227,20 @@ def _annealing(anneal: Optional[tuple[float, float]], target: float) -> Iterator
         eps *= factor
 
 
+#: a problem whose error has not fallen by STALL_DROP over the last STALL_SWEEPS sweeps (and at
+#: least STALL_CHECKS checks) stops: at that rate ``tol`` is out of reach (a float floor, or an
+#: epsilon so small that the updates no longer move the plan)
+STALL_SWEEPS, STALL_CHECKS, STALL_DROP = 200, 20, 0.01
+
+
+def _stalled(history: list[torch.Tensor], err: torch.Tensor, check_every: int) -> torch.Tensor:
+    window = max(STALL_CHECKS, -(-STALL_SWEEPS // check_every))
+    if len(history) < window:
+        return torch.zeros_like(err, dtype=torch.bool)
+    before = history[-window]
+    return torch.isfinite(before) & ~(err < (1 - STALL_DROP) * before)
+
+
 def iterate(
     plan: LogPlan,
     projectors: list[Projector],
@@ -235,7 +250,12 @@ def iterate(
     check_every: int,
     acceleration: Optional[Acceleration] = None,
 ) -> Trace:
-    """Run sweeps until every problem meets ``tol``, diverges, or ``max_iter`` is reached."""
+    """Run sweeps until every problem meets ``tol``, diverges, stalls or ``max_iter`` is reached.
+
+    A problem *stalls* when its error fell by less than 1% over the last ``STALL_SWEEPS`` sweeps
+    (and ``STALL_CHECKS`` checks): it stops, unconverged, with ``stalled = True``. ``tol = 0``
+    (exactly ``max_iter`` sweeps) never stalls.
+    """
     acc = acceleration or Acceleration()
     B = plan.batch
     device = plan.log_ra.device
@@ -246,6 +266,7 @@ def iterate(
     all_active = True
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     diverged = torch.zeros(B, dtype=torch.bool, device=device)
+    stalled = torch.zeros(B, dtype=torch.bool, device=device)
     n_iters = torch.full((B,), max_iter, dtype=torch.long, device=device)
     error = torch.full((B,), math.inf, dtype=dtype, device=device)
     gap = torch.full((B,), math.nan, dtype=dtype, device=device)
@@ -306,7 +327,9 @@ def iterate(
             ok = active & finite & (err <= tol)
             if tol == 0 and it < max_iter:  # tol = 0: exactly max_iter sweeps (POT's stopThr=0)
                 ok = torch.zeros_like(ok)
-            stop = ok | (active & ~finite)
+            stuck = active & finite & ~ok & _stalled(history[:-1], err, check_every) if tol > 0 else ok & False
+            stalled = stalled | stuck
+            stop = ok | stuck | (active & ~finite)
             converged = converged | ok
             diverged = diverged | (active & ~finite)
             n_iters = torch.where(stop, torch.full_like(n_iters, it), n_iters)
@@ -334,6 +357,7 @@ def iterate(
         converged=converged,
         diverged=diverged,
         gap=gap,
+        stalled=stalled,
     )
 
 

@@ -49,6 +49,7 @@ class ExactResult:
     transport_cost = property(lambda self: self._out(self._cost_value))
     converged = property(lambda self: self._out(self._conv))
     diverged = property(lambda self: self._out(torch.zeros_like(self._conv)))
+    stalled = diverged
     n_iters = property(lambda self: self._out(torch.zeros(self._conv.shape, dtype=torch.long, device=self._conv.device)))
     marginals = property(lambda self: (self._out(self._plan.sum(-1)), self._out(self._plan.sum(-2))))
     mass = property(lambda self: self._out(self._plan.sum((-2, -1))))

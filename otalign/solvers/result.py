@@ -48,6 +48,8 @@ class OTResult:
             violation). For problems whose constraints are all penalties it bounds the distance
             to the optimum: ``epsilon KL(P* || P) <= gap``.
         converged: ``(B,)`` ``error <= tol`` was reached. diverged: ``(B,)`` non-finite values met.
+        stalled: ``(B,)`` stopped before ``max_iter`` because the error no longer fell (by 1%
+            over the last 200 sweeps): ``tol`` is below what the dtype or the iteration reaches.
         grad: the gradient mode the result was computed with (see ``docs/gradients.md``).
     """
 
@@ -223,6 +225,10 @@ class OTResult:
     @property
     def diverged(self) -> torch.Tensor:
         return self._out(self._trace.diverged)
+
+    @property
+    def stalled(self) -> torch.Tensor:
+        return self._out(self._trace.stalled)
 
     def __repr__(self) -> str:
         shape = (self._state.n, self._state.m)
