@@ -13,7 +13,7 @@ import torch
 from ..constraints.base import ConstraintSet, as_constraint_set
 from . import projectors as _builtin  # noqa: F401  (registers the built-in projectors)
 from .feasibility import check_feasible
-from .problem import Problem, compute_dtype, safe_log
+from .problem import Problem, compute_dtype, safe_log, safe_logsumexp
 from .registry import Projector, projector_for
 
 __all__ = ["Prepared", "prepare", "check_scalar", "MAX_ITER"]
@@ -183,5 +183,27 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
         batched=cost.dim() == 3 or B > 1,
         out_dtype=cost.dtype,
     )
+    _check_reference_mass(prepared, entropy)
     check_feasible(prepared)
     return prepared
+
+
+def _check_reference_mass(prep: Prepared, entropy: str) -> None:
+    """The masses the objective adds up must be representable: each axis's weights, and for
+    ``entropy="kl"`` the reference measure ``a (x) b`` (mass ``sum a * sum b``)."""
+    dtype = prep.problem.dtype
+    limit = math.log(torch.finfo(dtype).max) - math.log(16.0)
+    with torch.no_grad():
+        log_a = safe_logsumexp(prep.log_ra, -1)
+        log_b = safe_logsumexp(prep.log_rb, -1)
+        worst = torch.maximum(log_a, log_b)
+        if entropy == "kl":
+            worst = torch.maximum(worst, log_a + log_b)
+        worst = float(worst.max())
+    if worst > limit:
+        raise ValueError(
+            f"the weights have total masses {float(log_a.exp().max()):.3g} (rows) and {float(log_b.exp().max()):.3g} "
+            f"(columns): the objective's terms (the reference measure a (x) b of entropy='kl' has mass "
+            f"sum a * sum b) exceed the range of {dtype}; expected weights whose masses it can represent "
+            "(normalise them and scale the result, or solve in float64)"
+        )
