@@ -26,6 +26,7 @@ class Summary:
     shape: str
     n_iters: int
     converged: bool
+    status: str  # "converged", or why not: "stalled", "max_iter", "diverged"
     row_error: float  # L1 distance of the row marginal to its weights
     col_error: float
     mass: float
@@ -48,6 +49,8 @@ def _summaries(name: str, cost: torch.Tensor, constraints, res, seconds: float, 
     out = []
     it = res.n_iters.reshape(-1)
     conv = res.converged.reshape(-1)
+    stalled = res.stalled.reshape(-1)
+    diverged = res.diverged.reshape(-1)
     val = res.value.reshape(-1)
     for k in range(B):
         tag = name if B == 1 else f"{name} [{k}]"
@@ -57,6 +60,7 @@ def _summaries(name: str, cost: torch.Tensor, constraints, res, seconds: float, 
                 shape=f"{n}x{m}",
                 n_iters=int(it[k]),
                 converged=bool(conv[k]),
+                status="converged" if conv[k] else "diverged" if diverged[k] else "stalled" if stalled[k] else "max_iter",
                 row_error=float((P[k].sum(1) - a[k]).abs().sum()),
                 col_error=float((P[k].sum(0) - b[k]).abs().sum()),
                 mass=float(P[k].sum()),
@@ -146,15 +150,16 @@ def _complete_blocks(within: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor) -
 
 
 def format_table(rows: list[Summary]) -> str:
-    head = f"{'problem':36s} {'shape':>8s} {'iters':>6s} {'conv':>5s} {'row L1 err':>11s} {'col L1 err':>11s} {'mass':>7s} {'value':>10s} {'ms':>8s}"
+    head = f"{'problem':36s} {'shape':>8s} {'iters':>6s} {'status':>9s} {'row L1 err':>11s} {'col L1 err':>11s} {'mass':>7s} {'value':>10s} {'ms':>8s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.name:36s} {r.shape:>8s} {r.n_iters:6d} {'yes' if r.converged else 'NO':>5s} "
+            f"{r.name:36s} {r.shape:>8s} {r.n_iters:6d} {r.status:>9s} "
             f"{r.row_error:11.2e} {r.col_error:11.2e} {r.mass:7.4f} {r.value:10.5f} {1e3 * r.seconds:8.1f}"
         )
     lines.append(
         "row/col L1 err: distance of the plan's marginals to the weights (uniform unless padded); "
-        "relaxed and partial problems move less mass on purpose."
+        "relaxed and partial problems move less mass on purpose.\nstatus: converged (the error is "
+        "certified below tol), or why not: stalled (no progress: tol is out of reach), max_iter, diverged."
     )
     return "\n".join(lines)
