@@ -183,8 +183,12 @@ def newton_unbalanced(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, r
         t = 1.0
         while True:
             nf, ng = f + t * step[:n], g + t * step[n:]
-            new = parts(nf, ng)
-            if new[0] >= value + 1e-4 * t * (grad @ step) or t < 1e-12:
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = parts(nf, ng)
+            armijo = new[0] >= value + 1e-4 * t * (grad @ step)
+            # near the optimum the value changes below its rounding: the gradient decides
+            flat = abs(new[0] - value) <= 1e-13 * max(1.0, abs(value)) and np.abs(new[1]).max() < np.abs(grad).max()
+            if armijo or flat or t < 1e-12:
                 break
             t *= 0.5
         f, g = nf, ng

@@ -149,19 +149,27 @@ class TotalMass(Constraint):
 
 
 class Forbid(Constraint):
-    """Forbidden pairs: ``P_ij = 0`` wherever ``mask`` is True.
+    """Forbidden pairs: ``P_ij = 0`` on the pairs it names. Give either
 
-    ``mask="diagonal"`` forbids ``i == j`` (self-pairs, e.g. in contrastive learning); otherwise a
-    boolean tensor of shape ``(n, m)`` or ``(B, n, m)``, True where the pair is forbidden. The solver
-    puts ``-inf`` in the log-kernel there, so the plan is exactly zero on those pairs.
+    * ``mask``: ``"diagonal"`` forbids ``i == j`` (self-pairs, e.g. in contrastive learning), or a
+      boolean tensor of shape ``(n, m)`` or ``(B, n, m)``, True where the pair is forbidden (a
+      pair mask needs a dense geometry: a cost tensor or a tensorized point cloud); or
+    * ``row_groups`` (``(n,)`` or ``(B, n)``) and ``col_groups`` (``(m,)`` or ``(B, m)``): integer
+      labels; a pair whose labels are equal is forbidden (``-1`` never matches). Works on every
+      geometry, including point clouds too large for a mask (e.g. ``arange(n)`` on both sides is
+      the diagonal).
+
+    The solver puts ``-inf`` in the log-kernel there, so the plan is exactly zero on those pairs.
     """
 
-    mask: Union[Literal["diagonal"], BoolTensor]
+    mask: Optional[Union[Literal["diagonal"], BoolTensor]] = None
+    row_groups: Optional[IntTensor] = None
+    col_groups: Optional[IntTensor] = None
 
     @field_validator("mask", mode="before")
     @classmethod
-    def _mask_before(cls, v: Any) -> Union[str, torch.Tensor]:
-        if isinstance(v, str) and v == "diagonal":
+    def _mask_before(cls, v: Any) -> Union[str, torch.Tensor, None]:
+        if v is None or (isinstance(v, str) and v == "diagonal"):
             return v
         if isinstance(v, (str, bytes)):
             raise ValueError(f"mask={short_repr(v)}; expected 'diagonal' or a boolean tensor (n, m)/(B, n, m)")
@@ -173,6 +181,21 @@ class Forbid(Constraint):
         if isinstance(v, torch.Tensor) and v.dim() not in (2, 3):
             raise ValueError(f"mask has shape {tuple(v.shape)}; expected (n, m) or (B, n, m)")
         return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Forbid:
+        groups = (self.row_groups is not None, self.col_groups is not None)
+        if self.mask is None and groups != (True, True):
+            raise ValueError("Forbid needs mask=... or both row_groups=... and col_groups=...")
+        if self.mask is not None and any(groups):
+            raise ValueError("Forbid takes mask=... or row_groups/col_groups, not both")
+        for name, labels in (("row_groups", self.row_groups), ("col_groups", self.col_groups)):
+            if labels is not None:
+                if labels.dim() not in (1, 2):
+                    raise ValueError(f"{name} has shape {tuple(labels.shape)}; expected (n,) or (B, n)")
+                if labels.numel() and int(labels.min()) < -1:
+                    raise ValueError(f"{name} has values below -1 (min {int(labels.min())}); expected labels >= -1")
+        return self
 
 
 class BlockMass(Constraint):

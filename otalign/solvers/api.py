@@ -13,7 +13,7 @@ from ..constraints import factories
 from .engine import Acceleration, center_potentials, iterate
 from .exact import solve_exact
 from .gradients import dual_value, implicit_duals
-from .plan import LogPlan
+from .plan import make_log_plan
 from .result import OTResult
 from .setup import MAX_ITER, Prepared, check_scalar, prepare
 
@@ -66,17 +66,18 @@ def _initial_duals(prep: Prepared, init: Init) -> list[Optional[torch.Tensor]]:
     return duals
 
 
-def _input_tensors(cost: torch.Tensor, prep: Prepared) -> list[tuple[str, torch.Tensor]]:
-    """The caller's tensors, named: the cost and every tensor field of a constraint."""
-    named = [("cost", cost)]
+def _input_tensors(prep: Prepared) -> list[tuple[str, torch.Tensor]]:
+    """The caller's tensors, named: the geometry's (the cost, or the points) and every tensor
+    field of a constraint."""
+    named = list(prep.geometry.tensors())
     for k, c in enumerate(prep.constraints):
         named += [(f"constraints[{k}].{name}", v) for name, v in c.__dict__.items() if isinstance(v, torch.Tensor)]
     return named
 
 
-def _grad_inputs(cost: torch.Tensor, prep: Prepared) -> list[torch.Tensor]:
-    """The inputs that require grad: the cost and any tensor field of a constraint."""
-    return [t for _, t in _input_tensors(cost, prep) if t.requires_grad]
+def _grad_inputs(prep: Prepared) -> list[torch.Tensor]:
+    """The inputs that require grad: the geometry's tensors and any tensor field of a constraint."""
+    return [t for _, t in _input_tensors(prep) if t.requires_grad]
 
 
 def solve(
@@ -176,12 +177,13 @@ def solve(
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
     epsilon = float(epsilon)
-    grad_inputs = _grad_inputs(cost, prep) if torch.is_grad_enabled() else []
+    grad_inputs = _grad_inputs(prep) if torch.is_grad_enabled() else []
     track = grad != "none" and bool(grad_inputs)
     footprints = [p.footprint for p in prep.projectors]
 
     def make_plan(duals, inplace=False):
-        return LogPlan(prep.cost, epsilon, prep.log_ra, prep.log_rb, prep.allowed, footprints, duals, inplace=inplace)
+        return make_log_plan(prep.geometry, epsilon, prep.log_ra, prep.log_rb, prep.terms, footprints, duals,
+                             inplace=inplace)
 
     with torch.no_grad():
         duals = _initial_duals(prep, init)
@@ -189,7 +191,7 @@ def solve(
     acc = Acceleration(
         kernel=method == "auto",
         overrelax=overrelax,
-        anneal=_anneal(prep.cost, anneal),
+        anneal=None if anneal is None else (prep.geometry.extent()[1], anneal),
         stage_iters=check_every,
         translation=translation,
     )
@@ -235,7 +237,7 @@ def solve(
         grad=grad if track else "none",
         envelope_value=envelope,
         anchor=anchor,
-        inputs=_input_tensors(cost, prep),
+        inputs=_input_tensors(prep),
     )
 
 
@@ -244,16 +246,6 @@ def _is_zero(epsilon: Any) -> bool:
     if isinstance(epsilon, torch.Tensor) and epsilon.numel() == 1:
         epsilon = epsilon.item()
     return isinstance(epsilon, numbers.Real) and not isinstance(epsilon, (bool, np.bool_)) and epsilon == 0
-
-
-def _anneal(cost: torch.Tensor, anneal: Optional[float]) -> Optional[tuple[float, float]]:
-    """``(eps0, anneal)`` for epsilon scaling, ``eps0`` the largest cost range in the batch."""
-    if anneal is None:
-        return None
-    with torch.no_grad():
-        flat = cost.detach().flatten(1)
-        eps0 = float((flat.amax(1) - flat.amin(1)).amax())
-    return eps0, float(anneal)
 
 
 def sinkhorn(cost: torch.Tensor, a: Any = None, b: Any = None, *, epsilon: float, **kwargs: Any) -> OTResult:

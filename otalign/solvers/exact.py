@@ -70,7 +70,11 @@ def _classify(prep: Prepared) -> tuple[str, list, Optional[TotalMassProjector], 
         elif isinstance(p, TotalMassProjector) and mass is None:
             mass = p
         elif isinstance(p, ForbidProjector):
-            forbidden = p.forbidden if forbidden is None else forbidden | p.forbidden
+            mask = p.forbidden
+            if mask is None:  # forbidden by labels
+                rows, cols = p.labels
+                mask = (rows[:, :, None] == cols[:, None, :]) & (rows[:, :, None] >= 0)
+            forbidden = mask if forbidden is None else forbidden | mask
         else:
             raise ValueError(
                 f"epsilon=0 (exact OT) supports balanced and partial constraint sets (with Forbid); "
@@ -95,7 +99,7 @@ def solve_exact(prep: Prepared, cost_in: torch.Tensor) -> ExactResult:
 
     kind, (pr, pc), mass_p, forbidden = _classify(prep)
     B, n, m = prep.problem.batch, prep.problem.n, prep.problem.m
-    cost = prep.cost.expand(B, n, m)
+    cost = prep.geometry.dense().expand(B, n, m)
     a_all, b_all = pr.weights.expand(B, n), pc.weights.expand(B, m)
     C = cost.detach().cpu().double().numpy()
     span = float(np.ptp(C)) if C.size else 1.0

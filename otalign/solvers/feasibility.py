@@ -101,11 +101,21 @@ def check_feasible(prep: "Prepared") -> None:
     # 4. every row/column with positive hard weight needs an allowed entry
     live_rows = torch.isfinite(prep.log_ra)
     live_cols = torch.isfinite(prep.log_rb)
-    allowed = prep.allowed if prep.allowed is not None else torch.ones(1, 1, 1, dtype=torch.bool, device=live_rows.device)
-    if prep.allowed is None and bool(live_rows.all()) and bool(live_cols.all()):
+    labels = prep.terms.forbid_labels
+    if prep.allowed is None and not labels and bool(live_rows.all()) and bool(live_cols.all()):
         return
-    reach_rows = (allowed & live_cols[:, None, :]).any(-1) & live_rows  # (B, n)
-    reach_cols = (allowed & live_rows[:, :, None]).any(-2) & live_cols  # (B, m)
+    B, n, m = live_rows.shape[0], live_rows.shape[1], live_cols.shape[1]
+    if prep.allowed is not None or B * n * m <= DENSE_CHECK:
+        allowed = prep.allowed if prep.allowed is not None else torch.ones(1, 1, 1, dtype=torch.bool, device=live_rows.device)
+        for row_labels, col_labels in labels:
+            allowed = allowed & ~((row_labels[:, :, None] == col_labels[:, None, :]) & (row_labels[:, :, None] >= 0))
+        reach_rows = (allowed & live_cols[:, None, :]).any(-1) & live_rows  # (B, n)
+        reach_cols = (allowed & live_rows[:, :, None]).any(-2) & live_cols  # (B, m)
+    else:  # a lazy geometry: count the live partners that each label excludes, constraint by constraint
+        reach_rows, reach_cols = live_rows.clone(), live_cols.clone()
+        for row_labels, col_labels in labels:
+            reach_rows &= _partners_left(row_labels.expand(B, n), col_labels.expand(B, m), live_cols)
+            reach_cols &= _partners_left(col_labels.expand(B, m), row_labels.expand(B, n), live_rows)
     for ax, reach in ((0, reach_rows), (1, reach_cols)):
         for k, p in eq[ax]:
             stuck = (p.weights > 0) & ~reach
@@ -117,3 +127,17 @@ def check_feasible(prep: "Prepared") -> None:
                     f"in {side} {i} (problem {b}) but every entry of that {side} is forbidden or forced to zero; "
                     "expected each row/column with positive hard weight to keep an allowed entry"
                 )
+
+
+#: the reachability check builds an (B, n, m) boolean mask up to this many entries
+DENSE_CHECK = 2**24
+
+
+def _partners_left(own: torch.Tensor, other: torch.Tensor, other_live: torch.Tensor) -> torch.Tensor:
+    """``(B, n)``: whether each entry keeps a live partner on the other axis whose label differs."""
+    total = other_live.sum(-1, keepdim=True)
+    size = int(max(int(own.max()), int(other.max()), 0)) + 2
+    counts = torch.zeros(own.shape[0], size, dtype=torch.long, device=own.device)
+    counts.scatter_add_(1, (other + 1).clamp(min=0), other_live.long())
+    same = torch.where(own >= 0, counts.gather(1, (own + 1).clamp(min=0)), torch.zeros_like(own))
+    return total - same > 0

@@ -69,11 +69,26 @@ class Groups(Footprint):
         rows = padded.gather(1, gr.expand(B, n)[:, :, None].expand(B, n, self.n_col_groups + 1))
         return rows.gather(2, gc.expand(B, m)[:, None, :].expand(B, n, m))
 
+    def expand_tile(self, dual: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """The ``(B, tn, tm)`` tile ``rows x cols`` of :meth:`expand`."""
+        B = dual.shape[0]
+        padded = torch.nn.functional.pad(dual, (0, 1, 0, 1))
+        gr = self.row_groups[:, rows].remainder(self.n_row_groups + 1)
+        gc = self.col_groups[:, cols].remainder(self.n_col_groups + 1)
+        tn, tm = gr.shape[-1], gc.shape[-1]
+        picked = padded.gather(1, gr.expand(B, tn)[:, :, None].expand(B, tn, self.n_col_groups + 1))
+        return picked.gather(2, gc.expand(B, tm)[:, None, :].expand(B, tn, tm))
+
     def log_reduce(self, log_p: torch.Tensor) -> torch.Tensor:
         """``(B, n, m) -> (B, Gr, Gc)``: log of the block sums of ``exp(log_p)``, stably."""
+        return self.log_reduce_tile(log_p, slice(0, log_p.shape[1]), slice(0, log_p.shape[2]))
+
+    def log_reduce_tile(self, log_p: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """``(B, Gr, Gc)`` log block sums of a tile ``(B, tn, tm)`` of the log-plan (rows
+        ``rows``, columns ``cols``)."""
         B, n, m = log_p.shape
-        gr = self.row_groups.remainder(self.n_row_groups + 1).expand(B, n)
-        gc = self.col_groups.remainder(self.n_col_groups + 1).expand(B, m)
+        gr = self.row_groups[:, rows].remainder(self.n_row_groups + 1).expand(B, n)
+        gc = self.col_groups[:, cols].remainder(self.n_col_groups + 1).expand(B, m)
         per_col_group = _group_lse(log_p, gc[:, None, :].expand(B, n, m), self.n_col_groups + 1)
         out = _group_lse(
             per_col_group.transpose(1, 2),

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .engine import sweep
+from .footprint import ROW
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
@@ -102,25 +103,17 @@ def dual_value(state: LogPlan, projectors: list[Projector], entropy: str) -> tor
     """``(B,)`` dual objective ``D(d, theta) = sum_k -Phi_k*(-d_k) - eps * (sum P - sum R)``.
 
     (``sum R`` only for ``entropy="kl"``; ``"shannon"`` drops the constant as the primal does.)
-    At the optimum it equals the primal value (strong duality).
+    At the optimum it equals the primal value (strong duality). The plan's mass comes from its
+    row marginal: no ``n x m`` array.
     """
-    total = safe_logsumexp(state.log_plan().flatten(1), dim=1).exp()
+    total = torch.exp(safe_logsumexp(state.log_marginal(ROW), -1))
     value = -state.eps * total
     if entropy == "kl":
-        value = value + state.eps * reference_mass(state)
+        value = value + state.eps * state.reference_mass()
     for proj, d in zip(projectors, state.duals):
         if d is not None:
             value = value + proj.dual_objective(d)
     return value
-
-
-def reference_mass(state: LogPlan) -> torch.Tensor:
-    """``(B,)`` total mass of the reference measure ``R = r_a (x) r_b`` on the allowed pairs."""
-    ra, rb = torch.exp(state.log_ra), torch.exp(state.log_rb)
-    if state.allowed is None:
-        return ra.sum(-1) * rb.sum(-1)
-    allowed = state.allowed.expand(state.batch, -1, -1).to(ra.dtype)
-    return torch.einsum("bi,bij,bj->b", ra, allowed, rb)
 
 
 class EnvelopeGuard(torch.autograd.Function):

@@ -35,15 +35,18 @@ exact kernel) and falls back to log-domain sweeps when an interval could drift p
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
 import torch
 
+from ..geometry import streaming
+from ..geometry.base import Geometry, PairTerms
 from .footprint import COL, ROW, SCALAR, Footprint, Groups
 from .problem import safe_logsumexp
 
-__all__ = ["LogPlan", "SAFE_DRIFT"]
+__all__ = ["LogPlan", "DenseLogPlan", "make_log_plan", "SAFE_DRIFT"]
 
 #: largest |log du|, |log dv| (log units) allowed in the kernel domain, by compute dtype: entries of
 #: Ktil flushed to zero then weigh at most tiny * exp(2 * drift) (1e-12 of the mass in float32)
@@ -108,13 +111,17 @@ def _lse(base: torch.Tensor, vec: torch.Tensor, dim: int, buf: torch.Tensor) -> 
 
 
 class LogPlan:
-    """Current plan of a batch of problems, held as log-kernel + aggregated duals.
+    """Current plan of a batch of problems, held as its duals; reductions go through a geometry.
+
+    Subclasses: :class:`DenseLogPlan` (a dense cost: buffered reductions and the kernel domain).
+    This base class reduces tile by tile (:mod:`otalign.geometry.streaming`): nothing of size
+    ``n x m`` is held, forward or backward.
 
     Args:
-        cost: ``(B', n, m)`` in the compute dtype, ``B'`` in ``{1, B}``.
+        geometry: the costs (:class:`~otalign.geometry.Geometry`).
         epsilon: entropic strength.
         log_ra, log_rb: ``(B, n)``, ``(B, m)`` log reference weights (``-inf`` forces zero).
-        allowed: ``(B', n, m)`` bool or None; False entries are forbidden.
+        terms: the static pair terms (forbidden pairs: mask or labels).
         footprints: one per constraint, None for constraints without a dual.
         duals: the initial duals, aligned with ``footprints`` (None where no dual).
         inplace: no autograd through the iterations (allows the kernel domain).
@@ -122,29 +129,25 @@ class LogPlan:
 
     def __init__(
         self,
-        cost: torch.Tensor,
+        geometry: Geometry,
         epsilon: float,
         log_ra: torch.Tensor,
         log_rb: torch.Tensor,
-        allowed: Optional[torch.Tensor],
+        terms: PairTerms,
         footprints: list[Optional[Footprint]],
         duals: list[Optional[torch.Tensor]],
         inplace: bool,
     ) -> None:
-        self.cost = cost
+        self.geometry = geometry
         self.log_ra = log_ra
         self.log_rb = log_rb
-        self.allowed = allowed
+        self.static_terms = terms
         self.footprints = footprints
         self.duals = list(duals)
         self.inplace = inplace
         self.batch, self.n = log_ra.shape
         self.m = log_rb.shape[-1]
-        self._buf: Optional[torch.Tensor] = None
-        self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
         self.mode = "log"
-        self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
-        self._G0: Optional[torch.Tensor] = None
         self._row_ids = [k for k, fp in enumerate(footprints) if fp is ROW or fp is SCALAR]
         self._col_ids = [k for k, fp in enumerate(footprints) if fp is COL]
         self._group_ids = [k for k, fp in enumerate(footprints) if isinstance(fp, Groups)]
@@ -201,6 +204,171 @@ class LogPlan:
         return beta
 
     def _set_base(self) -> None:
+        """Epsilon or a block dual changed: forget what depends on them."""
+        self._clear_caches()
+
+    def _clear_caches(self) -> None:
+        self._log_row: Optional[torch.Tensor] = None
+        self._log_col: Optional[torch.Tensor] = None
+        self._log_total: Optional[torch.Tensor] = None
+        self._log_groups: dict[int, torch.Tensor] = {}
+
+    def set_epsilon(self, epsilon: float) -> None:
+        """Change eps (annealing); the duals (in cost units) are kept. Leaves the kernel domain."""
+        self.eps = float(epsilon)
+        self.leave_kernel()
+        self._set_base()
+        self._aggregate_rows()
+        self._aggregate_cols()
+
+    # -- kernel domain (dense plans only) -----------------------------------------------------
+    @property
+    def kernel_capable(self) -> bool:
+        return False
+
+    def leave_kernel(self, keep: bool = False) -> None:
+        """Nothing to leave: a streaming plan always reduces in the log domain."""
+
+    # -- reductions ---------------------------------------------------------------------------
+    def pair_terms(self) -> PairTerms:
+        """The static pair terms with the current block duals."""
+        blocks = [(self.footprints[k], self.duals[k]) for k in self._group_ids]
+        return PairTerms(self.static_terms.mask, self.static_terms.forbid_labels, blocks)
+
+    def _row_lse(self) -> torch.Tensor:
+        return streaming.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -1)
+
+    def _col_lse(self) -> torch.Tensor:
+        return streaming.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -2)
+
+    def _group_lse(self, footprint: Groups) -> torch.Tensor:
+        return streaming.block_lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), footprint)
+
+    def log_plan(self) -> torch.Tensor:
+        """``log P``, shape ``(B, n, m)`` (``-inf`` on forbidden pairs and padded rows/columns)."""
+        return streaming.log_plan(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
+
+    def materialize_plan(self) -> torch.Tensor:
+        """The dense plan ``(B, n, m)``."""
+        return torch.exp(self.log_plan())
+
+    def transport_cost(self, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B,)`` ``<C, P>`` (streamed; ``plan`` is ignored here)."""
+        return streaming.weighted_cost(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
+
+    def apply(self, v: torch.Tensor, transpose: bool, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``P v`` (``v``: ``(B, m, k)``) or ``P^T v`` (``v``: ``(B, n, k)``), streamed."""
+        norm = self.log_marginal(COL if transpose else ROW)
+        return streaming.apply(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), v, transpose, norm)
+
+    def reference_mass(self) -> torch.Tensor:
+        """``(B,)`` total mass of the reference measure ``R = r_a (x) r_b`` on the allowed pairs."""
+        ra, rb = torch.exp(self.log_ra), torch.exp(self.log_rb)
+        mask = self.static_terms.mask
+        if mask is not None:
+            return torch.einsum("bi,bij,bj->b", ra, mask.expand(self.batch, -1, -1).to(ra.dtype), rb)
+        total = ra.sum(-1) * rb.sum(-1)
+        labels = self.static_terms.forbid_labels
+        # pairs forbidden by any of the label constraints, by inclusion-exclusion over them
+        for size in range(1, len(labels) + 1):
+            for chosen in itertools.combinations(labels, size):
+                total = total - (-1) ** (size + 1) * _same_label_mass(ra, rb, chosen)
+        return total
+
+    def log_marginal(self, footprint: Footprint) -> torch.Tensor:
+        """Log of the plan's marginal that a dual with this footprint controls."""
+        if footprint is ROW:
+            if self._log_row is None:
+                self._log_row = self._row_lse()
+            return self._log_row
+        if footprint is COL:
+            if self._log_col is None:
+                self._log_col = self._col_lse()
+            return self._log_col
+        if footprint is SCALAR:
+            if self._log_total is None:
+                source = self._log_row if self._log_row is not None else self._log_col
+                if source is None:
+                    source = self.log_marginal(ROW)
+                self._log_total = safe_logsumexp(source, -1)
+            return self._log_total
+        if isinstance(footprint, Groups):
+            key = id(footprint)
+            if key not in self._log_groups:
+                self._log_groups[key] = self._group_lse(footprint)
+            return self._log_groups[key]
+        raise TypeError(f"unknown footprint {footprint!r}")
+
+    # -- updates ----------------------------------------------------------------------------
+    def translate(self, row: int, col: int, t: torch.Tensor) -> None:
+        """``duals[row] += t``, ``duals[col] -= t`` (``t``: ``(B,)``) on the live rows and columns
+        (padding keeps its duals): the plan, its marginals and the kernel (whose absorbed
+        potentials move with them) are unchanged."""
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        up = torch.where(torch.isfinite(self.log_ra), t[:, None], zero)
+        down = torch.where(torch.isfinite(self.log_rb), t[:, None], zero)
+        self.duals[row] = self.duals[row] + up
+        self.duals[col] = self.duals[col] - down
+        self._aggregate_rows()
+        self._aggregate_cols()
+        if self.mode == "kernel":
+            self._F0 = self._F0 + up
+            self._G0 = self._G0 - down
+
+    def set_dual(self, index: int, value: torch.Tensor) -> None:
+        """Replace dual ``index`` and update the aggregates and cached marginals exactly."""
+        fp = self.footprints[index]
+        shift = (value - self.duals[index]) / self.eps
+        self.duals[index] = value
+        if fp is ROW:
+            self._aggregate_rows()
+            row = None if self._log_row is None else self._log_row + shift
+            self._clear_caches()
+            self._log_row = row
+        elif fp is COL:
+            self._aggregate_cols()
+            col = None if self._log_col is None else self._log_col + shift
+            self._clear_caches()
+            self._log_col = col
+        elif fp is SCALAR:
+            self._aggregate_rows()
+            if self._log_row is not None:
+                self._log_row = self._log_row + shift[:, None]
+            if self._log_col is not None:
+                self._log_col = self._log_col + shift[:, None]
+            if self._log_total is not None:
+                self._log_total = self._log_total + shift
+            self._log_groups = {k: v + shift[:, None, None] for k, v in self._log_groups.items()}
+        elif isinstance(fp, Groups):
+            own = self._log_groups.get(id(fp))
+            self._set_base()  # the block duals enter the kernel
+            if own is not None:
+                self._log_groups[id(fp)] = own + shift
+        else:
+            raise TypeError(f"constraint {index} has no dual")
+
+
+class DenseLogPlan(LogPlan):
+    """A plan on a dense cost ``(B', n, m)`` (``B'`` in ``{1, B}``): log-sum-exps inside one
+    reusable ``(B, n, m)`` buffer, and the stabilised kernel domain (module docstring). Forbidden
+    pairs are held as a mask (labels are turned into one)."""
+
+    def __init__(self, geometry: Geometry, epsilon: float, log_ra: torch.Tensor, log_rb: torch.Tensor,
+                 terms: PairTerms, footprints: list[Optional[Footprint]], duals: list[Optional[torch.Tensor]],
+                 inplace: bool) -> None:
+        self.cost = geometry.dense()
+        mask = terms.mask
+        for row_labels, col_labels in terms.forbid_labels:  # labels become a mask on a dense cost
+            same = (row_labels[:, :, None] == col_labels[:, None, :]) & (row_labels[:, :, None] >= 0)
+            mask = ~same if mask is None else mask & ~same
+        self.allowed = mask
+        self._buf: Optional[torch.Tensor] = None
+        self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
+        self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
+        self._G0: Optional[torch.Tensor] = None
+        super().__init__(geometry, epsilon, log_ra, log_rb, PairTerms(mask=mask), footprints, duals, inplace)
+
+    def _set_base(self) -> None:
         """Forget ``Kbase``; it is rebuilt when first needed (eps or a block dual changed)."""
         self._kbase: Optional[torch.Tensor] = None
         self._clear_caches()
@@ -234,20 +402,6 @@ class LogPlan:
         else:
             torch.add(self.kbase, self.alpha[:, :, None], out=out)
         return out.add_(self.beta[:, None, :])
-
-    def _clear_caches(self) -> None:
-        self._log_row: Optional[torch.Tensor] = None
-        self._log_col: Optional[torch.Tensor] = None
-        self._log_total: Optional[torch.Tensor] = None
-        self._log_groups: dict[int, torch.Tensor] = {}
-
-    def set_epsilon(self, epsilon: float) -> None:
-        """Change eps (annealing); the duals (in cost units) are kept. Leaves the kernel domain."""
-        self.eps = float(epsilon)
-        self.leave_kernel()
-        self._set_base()
-        self._aggregate_rows()
-        self._aggregate_cols()
 
     # -- kernel domain ----------------------------------------------------------------------
     @property
@@ -371,74 +525,56 @@ class LogPlan:
         """``log P``, shape ``(B, n, m)`` (``-inf`` on forbidden pairs and padded rows/columns)."""
         return self.kbase + self.alpha[:, :, None] + self.beta[:, None, :]
 
-    def log_marginal(self, footprint: Footprint) -> torch.Tensor:
-        """Log of the plan's marginal that a dual with this footprint controls."""
-        if footprint is ROW:
-            if self._log_row is None:
-                self._log_row = self._row_lse()
-            return self._log_row
-        if footprint is COL:
-            if self._log_col is None:
-                self._log_col = self._col_lse()
-            return self._log_col
-        if footprint is SCALAR:
-            if self._log_total is None:
-                source = self._log_row if self._log_row is not None else self._log_col
-                if source is None:
-                    source = self.log_marginal(ROW)
-                self._log_total = safe_logsumexp(source, -1)
-            return self._log_total
-        if isinstance(footprint, Groups):
-            key = id(footprint)
-            if key not in self._log_groups:
-                self._log_groups[key] = footprint.log_reduce(self.log_plan())
-            return self._log_groups[key]
-        raise TypeError(f"unknown footprint {footprint!r}")
+    def _group_lse(self, footprint: Groups) -> torch.Tensor:
+        return footprint.log_reduce(self.log_plan())
 
-    # -- updates ----------------------------------------------------------------------------
-    def translate(self, row: int, col: int, t: torch.Tensor) -> None:
-        """``duals[row] += t``, ``duals[col] -= t`` (``t``: ``(B,)``) on the live rows and columns
-        (padding keeps its duals): the plan, its marginals and the kernel (whose absorbed
-        potentials move with them) are unchanged."""
-        zero = torch.zeros((), dtype=t.dtype, device=t.device)
-        up = torch.where(torch.isfinite(self.log_ra), t[:, None], zero)
-        down = torch.where(torch.isfinite(self.log_rb), t[:, None], zero)
-        self.duals[row] = self.duals[row] + up
-        self.duals[col] = self.duals[col] - down
-        self._aggregate_rows()
-        self._aggregate_cols()
-        if self.mode == "kernel":
-            self._F0 = self._F0 + up
-            self._G0 = self._G0 - down
+    def materialize_plan(self) -> torch.Tensor:
+        """The dense plan: scaled from the solve's last kernel when one was kept (no exp per
+        entry), else ``log P`` exponentiated in one allocation; through autograd when tracked."""
+        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (self.cost, self.alpha, self.beta))
+        if tracked or self.batch != max(self.cost.shape[0], self.alpha.shape[0]):
+            return torch.exp(self.log_plan())
+        kept = self.take_plan()
+        if kept is not None:
+            return kept
+        out = torch.empty((self.batch, self.n, self.m), dtype=self.cost.dtype, device=self.cost.device)
+        return self.log_plan_into(out).exp_()
 
-    def set_dual(self, index: int, value: torch.Tensor) -> None:
-        """Replace dual ``index`` and update the aggregates and cached marginals exactly."""
-        fp = self.footprints[index]
-        shift = (value - self.duals[index]) / self.eps
-        self.duals[index] = value
-        if fp is ROW:
-            self._aggregate_rows()
-            row = None if self._log_row is None else self._log_row + shift
-            self._clear_caches()
-            self._log_row = row
-        elif fp is COL:
-            self._aggregate_cols()
-            col = None if self._log_col is None else self._log_col + shift
-            self._clear_caches()
-            self._log_col = col
-        elif fp is SCALAR:
-            self._aggregate_rows()
-            if self._log_row is not None:
-                self._log_row = self._log_row + shift[:, None]
-            if self._log_col is not None:
-                self._log_col = self._log_col + shift[:, None]
-            if self._log_total is not None:
-                self._log_total = self._log_total + shift
-            self._log_groups = {k: v + shift[:, None, None] for k, v in self._log_groups.items()}
-        elif isinstance(fp, Groups):
-            own = self._log_groups.get(id(fp))
-            self._set_base()
-            if own is not None:
-                self._log_groups[id(fp)] = own + shift
-        else:
-            raise TypeError(f"constraint {index} has no dual")
+    def transport_cost(self, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B,)`` ``<C, P>`` from the dense plan, as one batched dot product (no temporary)."""
+        plan = self.materialize_plan() if plan is None else plan
+        B = plan.shape[0]
+        cost = self.cost.expand(B, -1, -1)
+        return torch.bmm(plan.reshape(B, 1, -1), cost.reshape(B, -1, 1)).reshape(B)
+
+    def apply(self, v: torch.Tensor, transpose: bool, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
+        plan = self.materialize_plan() if plan is None else plan
+        return plan.transpose(1, 2) @ v if transpose else plan @ v
+
+def _same_label_mass(ra: torch.Tensor, rb: torch.Tensor, labels: tuple) -> torch.Tensor:
+    """``(B,)`` mass of ``ra (x) rb`` on the pairs whose labels agree under every given pair of
+    label vectors (a combined label: labels ``-1`` never match)."""
+    B = ra.shape[0]
+    rows = torch.zeros(B, ra.shape[1], dtype=torch.long, device=ra.device)
+    cols = torch.zeros(B, rb.shape[1], dtype=torch.long, device=rb.device)
+    valid_r = torch.ones_like(rows, dtype=torch.bool)
+    valid_c = torch.ones_like(cols, dtype=torch.bool)
+    for row_labels, col_labels in labels:
+        r, c = row_labels.expand(B, -1), col_labels.expand(B, -1)
+        # a combined key: the pair of labels mapped to one integer (labels are < n + m + 1)
+        base = int(max(int(r.max()), int(c.max()), 0)) + 2
+        rows, cols = rows * base + (r + 1), cols * base + (c + 1)
+        valid_r, valid_c = valid_r & (r >= 0), valid_c & (c >= 0)
+    keys = torch.cat([torch.where(valid_r, rows, -1), torch.where(valid_c, cols, -2)], dim=1)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    k = uniq.numel()
+    inv_r, inv_c = inverse[:, : ra.shape[1]], inverse[:, ra.shape[1]:]
+    sum_r = torch.zeros(B, k, dtype=ra.dtype, device=ra.device).scatter_add(1, inv_r, torch.where(valid_r, ra, 0.0))
+    sum_c = torch.zeros(B, k, dtype=rb.dtype, device=rb.device).scatter_add(1, inv_c, torch.where(valid_c, rb, 0.0))
+    return (sum_r * sum_c).sum(-1)
+
+
+def make_log_plan(geometry: Geometry, *args, **kwargs) -> LogPlan:
+    """A :class:`DenseLogPlan` for a geometry that holds its cost, a streaming one otherwise."""
+    cls = DenseLogPlan if geometry.is_dense else LogPlan
+    return cls(geometry, *args, **kwargs)

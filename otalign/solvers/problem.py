@@ -11,12 +11,9 @@ from typing import Any, Optional
 
 import torch
 
+from ..geometry.dense import compute_dtype
+
 __all__ = ["Problem", "compute_dtype", "safe_log", "safe_logsumexp"]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64, everything else computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def safe_log(x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +43,9 @@ class Problem:
     dtype: torch.dtype  # compute dtype
     device: torch.device
     entropy: str
+    dense: bool = True  # the geometry holds its cost (pair masks are allowed)
+    valid_rows: Optional[torch.Tensor] = None  # (B', n) bool: real rows of a ragged batch
+    valid_cols: Optional[torch.Tensor] = None
 
     def size(self, axis: int) -> int:
         return self.n if axis == 0 else self.m
@@ -53,11 +53,16 @@ class Problem:
     def vector(self, value: Optional[torch.Tensor], axis: int, field: str) -> torch.Tensor:
         """Per-row (axis 0) or per-column (axis 1) data as ``(B', size)``, ``B'`` in ``{1, B}``.
 
-        ``None`` gives uniform weights ``1/size``.
+        ``None`` gives uniform weights: ``1/size``, or ``1/count`` over the real points of a ragged
+        batch (0 on padding).
         """
         size = self.size(axis)
         if value is None:
-            return torch.full((1, size), 1.0 / size, dtype=self.dtype, device=self.device)
+            valid = self.valid_rows if axis == 0 else self.valid_cols
+            if valid is None:
+                return torch.full((1, size), 1.0 / size, dtype=self.dtype, device=self.device)
+            count = valid.sum(-1, keepdim=True).clamp(min=1).to(self.dtype)
+            return valid.to(self.dtype) / count
         t = self.to_compute(value, field)
         if t.dim() == 1:
             t = t[None]

@@ -26,15 +26,18 @@ P = TypeVar("P", bound=type["Projector"])
 
 class Support:
     """Entries a constraint forces to zero: rows, columns (``(B', n)``/``(B', m)`` bool, True =
-    may carry mass) and pairs (``(B', n, m)`` bool). None means "no restriction"."""
+    may carry mass), pairs (``(B', n, m)`` bool, dense geometries only) and pairs whose labels are
+    equal (``forbid_labels``: int64 ``(B', n)`` and ``(B', m)``; ``-1`` never matches). None means
+    "no restriction"."""
 
     def __init__(
         self,
         rows: Optional[torch.Tensor] = None,
         cols: Optional[torch.Tensor] = None,
         pairs: Optional[torch.Tensor] = None,
+        forbid_labels: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> None:
-        self.rows, self.cols, self.pairs = rows, cols, pairs
+        self.rows, self.cols, self.pairs, self.forbid_labels = rows, cols, pairs, forbid_labels
 
 
 class Projector:

@@ -11,12 +11,16 @@ import torch
 from ..constraints.base import ConstraintSet
 from .engine import Trace
 from .footprint import COL, ROW
-from .gradients import EnvelopeGuard, reference_mass
+from ..geometry.base import memory_budget
+from .gradients import EnvelopeGuard
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
 
-__all__ = ["OTResult"]
+__all__ = ["OTResult", "PLAN_FRACTION"]
+
+#: the share of the available memory that ``res.plan`` may take on a lazy geometry
+PLAN_FRACTION = 0.5
 
 
 class OTResult:
@@ -105,23 +109,34 @@ class OTResult:
                 t = t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor)
         return t if self._batched else t[0]
 
+    def _check_dense_size(self, what: str) -> None:
+        """A lazy geometry materialises ``(B, n, m)`` only within the memory budget."""
+        st = self._state
+        if st.geometry.is_dense:
+            return
+        size = st.batch * st.n * st.m * (torch.finfo(st.log_ra.dtype).bits // 8)
+        budget = memory_budget(st.log_ra.device, fraction=PLAN_FRACTION)
+        if size > budget:
+            raise ValueError(
+                f"res.{what} would materialise a ({st.batch}, {st.n}, {st.m}) array of {size / 2**30:.2f} GiB, above "
+                f"the memory budget of {budget / 2**30:.2f} GiB (half the available memory); expected a problem "
+                "whose plan fits, or use what needs no n x m array: res.apply(v), res.marginals, res.value, "
+                "res.f, res.g, res.transport_cost"
+            )
+
     @cached_property
     def _log_plan(self) -> torch.Tensor:
         self._check_inputs()
+        self._check_dense_size("log_plan")
         return self._state.log_plan()
 
     @cached_property
     def _plan(self) -> torch.Tensor:
         self._check_inputs()
-        st = self._state
-        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (st.cost, st.alpha, st.beta))
-        if "_log_plan" in self.__dict__ or tracked or st.batch != max(st.cost.shape[0], st.alpha.shape[0]):
+        if "_log_plan" in self.__dict__:
             return torch.exp(self._log_plan)
-        kept = st.take_plan()  # the solve's last kernel, scaled: no exp per entry
-        if kept is not None:
-            return kept
-        out = torch.empty((st.batch, st.n, st.m), dtype=st.cost.dtype, device=st.cost.device)
-        return st.log_plan_into(out).exp_()  # one allocation: log P, exponentiated in place
+        self._check_dense_size("plan")
+        return self._state.materialize_plan()
 
     @cached_property
     def _log_marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,29 +175,27 @@ class OTResult:
     @cached_property
     def _transport_cost(self) -> torch.Tensor:
         self._check_inputs()
-        return (self._plan * self._state.cost).sum((-2, -1))
-
-    def _entropy_term(self) -> torch.Tensor:
-        """``Omega(P)``: ``KL(P || R)`` or ``sum P log P - P``."""
         st = self._state
-        P = self._plan
-        carries = P > 0
-        mass = P.sum((-2, -1))
-        if self.entropy == "shannon":
-            logp = torch.where(carries, self._log_plan, torch.zeros_like(P))
-            return (P * logp).sum((-2, -1)) - mass
-        # log(P / R) = log P - log r_a - log r_b on the support
-        log_ratio = self._log_plan - st.log_ra[:, :, None] - st.log_rb[:, None, :]
-        log_ratio = torch.where(carries, log_ratio, torch.zeros_like(P))
-        return (P * log_ratio).sum((-2, -1)) - mass + reference_mass(st)
+        return st.transport_cost(self._plan if st.geometry.is_dense else None)
 
     @cached_property
     def _value(self) -> torch.Tensor:
+        """The primal objective from the duals and the marginals (no ``n x m`` pass): with
+        ``log P = log R + (F_i + G_j + E_ij - C_ij) / eps`` on the support,
+        ``<C, P> + eps KL(P || R) = sum_k <d_k, marginal_k> - eps sum P + eps sum R`` (the last
+        term for ``entropy="kl"`` only; ``"shannon"`` drops it), plus the penalties."""
         self._check_inputs()
-        value = self._transport_cost + self.epsilon * self._entropy_term()
-        for proj in self._projectors:
-            if proj.footprint is not None:
-                value = value + proj.penalty(self._state.log_marginal(proj.footprint))
+        st = self._state
+        value = -self.epsilon * torch.exp(safe_logsumexp(st.log_marginal(ROW), -1))
+        if self.entropy == "kl":
+            value = value + self.epsilon * st.reference_mass()
+        for proj, dual in zip(self._projectors, st.duals):
+            if proj.footprint is None:
+                continue
+            log_mu = st.log_marginal(proj.footprint)
+            mu = torch.exp(log_mu)
+            inner = torch.where(mu > 0, dual * mu, torch.zeros_like(mu)).reshape(st.batch, -1).sum(-1)
+            value = value + inner + proj.penalty(log_mu)
         return value
 
     @property
@@ -195,6 +208,52 @@ class OTResult:
     @property
     def transport_cost(self) -> torch.Tensor:
         return self._out(self._transport_cost)
+
+    def apply(self, v: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``P @ v``, or ``P^T @ v`` with ``transpose=True``, without an ``n x m`` array on a
+        lazy geometry.
+
+        ``v``: ``(m,)``, ``(m, k)`` (shared by the batch) or ``(B, m)``, ``(B, m, k)`` for
+        ``P @ v`` (``n`` instead of ``m`` with ``transpose``); the result has the same layout
+        with ``n`` (or ``m``) rows, in the plan's dtype.
+        """
+        self._check_inputs()
+        st = self._state
+        size, other = (st.n, st.m) if transpose else (st.m, st.n)
+        if not isinstance(v, torch.Tensor):
+            v = torch.as_tensor(v)
+        if not v.is_floating_point():
+            v = v.to(self._dtype)
+        shape = tuple(v.shape)
+        batched = v.dim() == 3 or (v.dim() == 2 and self._batched and shape[0] == st.batch and shape[1] == size
+                                   and not (shape[0] == size and st.batch != size))
+        if v.dim() == 0 or v.dim() > 3 or (v.dim() == 3 and shape[0] not in (1, st.batch)) or \
+                (v.shape[1 if batched else 0] != size):
+            want = f"({size},), ({size}, k), ({st.batch}, {size}) or ({st.batch}, {size}, k)"
+            raise ValueError(f"v has shape {shape}; expected {want} ({'rows' if transpose else 'columns'} of the plan)")
+        w = v.to(device=st.log_ra.device, dtype=st.log_ra.dtype)
+        squeeze = w.dim() == (2 if batched else 1)
+        if squeeze:
+            w = w[..., None]
+        if not batched:
+            w = w[None]
+        w = w.expand(st.batch, -1, -1)
+        out = st.apply(w, transpose, self._plan if st.geometry.is_dense else None)
+        if squeeze:
+            out = out[..., 0]
+        if not batched:
+            out = out if self._batched or st.batch > 1 else out[0]
+            return self._out_raw(out)
+        return self._out_raw(out)
+
+    def _out_raw(self, t: torch.Tensor) -> torch.Tensor:
+        """Like ``_out`` without dropping the batch dimension (``apply`` shapes its result)."""
+        t = t.to(self._dtype)
+        if self.grad == "none":
+            return t.detach()
+        if self.grad == "envelope":
+            return t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor)
+        return t
 
     @property
     def mass(self) -> torch.Tensor:

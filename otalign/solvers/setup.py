@@ -13,7 +13,9 @@ import torch
 from ..constraints.base import ConstraintSet, as_constraint_set
 from . import projectors as _builtin  # noqa: F401  (registers the built-in projectors)
 from .feasibility import check_feasible
-from .problem import Problem, compute_dtype, safe_log, safe_logsumexp
+from ..geometry import as_geometry
+from ..geometry.base import Geometry, PairTerms
+from .problem import Problem, safe_log, safe_logsumexp
 from .registry import Projector, projector_for
 
 __all__ = ["Prepared", "prepare", "check_scalar", "MAX_ITER"]
@@ -62,37 +64,22 @@ def _short(value: Any, limit: int = 80) -> str:
 
 @dataclass
 class Prepared:
-    """A validated problem: compute-dtype cost, projectors, reference measure, support."""
+    """A validated problem: geometry, projectors, reference measure, support."""
 
     problem: Problem
     constraints: ConstraintSet
     projectors: list[Projector]
-    cost: torch.Tensor  # (B', n, m) compute dtype
+    geometry: Geometry
     log_ra: torch.Tensor  # (B, n)
     log_rb: torch.Tensor  # (B, m)
-    allowed: Optional[torch.Tensor]  # (B', n, m) bool
+    terms: PairTerms  # forbidden pairs: a (B', n, m) mask (dense geometries) and/or labels
     batched: bool  # outputs keep a batch dimension
     out_dtype: torch.dtype
 
-
-def _check_cost(cost: Any) -> tuple[torch.Tensor, float]:
-    """The validated cost and its largest magnitude ``max |C|``."""
-    if not isinstance(cost, torch.Tensor):
-        raise ValueError(f"cost is a {type(cost).__name__}; expected a torch.Tensor of shape (n, m) or (B, n, m)")
-    if not cost.is_floating_point():
-        raise ValueError(f"cost has dtype {cost.dtype}; expected a floating-point tensor")
-    if cost.dim() not in (2, 3) or cost.shape[-1] == 0 or cost.shape[-2] == 0 or cost.numel() == 0:
-        raise ValueError(f"cost has shape {tuple(cost.shape)}; expected (n, m) or (B, n, m) with n, m >= 1")
-    # one pass: the extremes are finite iff every entry is (NaN propagates through min and max)
-    low, high = torch.aminmax(cost.detach())
-    low, high = float(low), float(high)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        bad = int((~torch.isfinite(cost.detach())).sum())
-        raise ValueError(
-            f"cost has {bad} non-finite entries (NaN or inf); expected finite costs "
-            "(forbid pairs with C.Forbid(mask=...) instead of infinite costs)"
-        )
-    return cost, max(abs(low), abs(high))
+    @property
+    def allowed(self) -> Optional[torch.Tensor]:
+        """``(B', n, m)`` bool mask of the allowed pairs (None: all, or forbidden by labels)."""
+        return self.terms.mask
 
 
 def check_resolution(magnitude: float, epsilon: float, dtype: torch.dtype, what: str = "costs") -> None:
@@ -110,10 +97,10 @@ def check_resolution(magnitude: float, epsilon: float, dtype: torch.dtype, what:
         )
 
 
-def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[type[Projector]]) -> int:
+def _batch_size(geometry: Geometry, constraints: ConstraintSet, classes: list[type[Projector]]) -> int:
     sizes: dict[int, str] = {}
-    if cost.dim() == 3:
-        sizes.setdefault(cost.shape[0], f"cost {tuple(cost.shape)}")
+    if geometry.batch > 1:
+        sizes.setdefault(geometry.batch, f"{'cost' if geometry.is_dense else 'geometry'} (batch {geometry.batch})")
     for k, (c, cls) in enumerate(zip(constraints, classes)):
         b = cls.batch_size(c)
         if b == 0:
@@ -130,24 +117,32 @@ def _batch_size(cost: torch.Tensor, constraints: ConstraintSet, classes: list[ty
 
 
 def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: str) -> Prepared:
-    """Validate everything and build the projectors; raises ``ValueError`` naming the field."""
-    cost, magnitude = _check_cost(cost)
+    """Validate everything and build the projectors; raises ``ValueError`` naming the field.
+
+    ``cost``: a :class:`~otalign.geometry.Geometry`, or a tensor (wrapped in ``Dense``)."""
+    geometry = as_geometry(cost)
+    dtype, device = geometry.dtype, geometry.device
     if epsilon is not None:  # None: exact solve, no entropic term
         epsilon = check_scalar("epsilon", epsilon, low=0.0)
-        check_resolution(magnitude, epsilon, compute_dtype(cost.dtype))
+        check_resolution(geometry.extent()[0], epsilon, dtype)
     if entropy not in ENTROPIES:
         raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
     cset = as_constraint_set(constraints)
     classes = [projector_for(c) for c in cset]
-    B = _batch_size(cost, cset, classes)
-    n, m = cost.shape[-2:]
-    dtype = compute_dtype(cost.dtype)
-    problem = Problem(n=n, m=m, batch=B, dtype=dtype, device=cost.device, entropy=entropy)
+    B = _batch_size(geometry, cset, classes)
+    n, m = geometry.n, geometry.m
+    problem = Problem(n=n, m=m, batch=B, dtype=dtype, device=device, entropy=entropy, dense=geometry.is_dense,
+                      valid_rows=geometry.valid_rows, valid_cols=geometry.valid_cols)
     projectors = [cls(c, problem) for c, cls in zip(cset, classes)]
 
-    rows = torch.ones(B, n, dtype=torch.bool, device=cost.device)
-    cols = torch.ones(B, m, dtype=torch.bool, device=cost.device)
+    rows = torch.ones(B, n, dtype=torch.bool, device=device)
+    cols = torch.ones(B, m, dtype=torch.bool, device=device)
+    if geometry.valid_rows is not None:
+        rows = rows & geometry.valid_rows
+    if geometry.valid_cols is not None:
+        cols = cols & geometry.valid_cols
     pairs: Optional[torch.Tensor] = None
+    labels: list[tuple[torch.Tensor, torch.Tensor]] = []
     for proj in projectors:
         sup = proj.support()
         if sup.rows is not None:
@@ -156,6 +151,8 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
             cols = cols & sup.cols
         if sup.pairs is not None:
             pairs = sup.pairs if pairs is None else pairs & sup.pairs
+        if sup.forbid_labels is not None:
+            labels.append(sup.forbid_labels)
 
     ref = {0: None, 1: None}
     for proj in projectors:
@@ -165,9 +162,9 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
     def log_reference(axis: int, live: torch.Tensor) -> torch.Tensor:
         w = ref[axis]
         if entropy == "shannon" or w is None:
-            base = torch.zeros(live.shape, dtype=dtype, device=cost.device)
+            base = torch.zeros(live.shape, dtype=dtype, device=device)
             if entropy == "kl":  # no constraint on this axis: uniform reference weights
-                base = base - math.log(live.shape[-1])
+                base = safe_log(problem.vector(None, axis, "weights")).expand(live.shape).clone()
         else:
             base = safe_log(w).expand(live.shape)
         return torch.where(live, base, torch.full_like(base, -math.inf))
@@ -176,12 +173,12 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
         problem=problem,
         constraints=cset,
         projectors=projectors,
-        cost=(cost if cost.dim() == 3 else cost[None]).to(dtype),
+        geometry=geometry,
         log_ra=log_reference(0, rows),
         log_rb=log_reference(1, cols),
-        allowed=pairs,
-        batched=cost.dim() == 3 or B > 1,
-        out_dtype=cost.dtype,
+        terms=PairTerms(mask=pairs, forbid_labels=labels),
+        batched=geometry.batched_input or B > 1,
+        out_dtype=geometry.out_dtype,
     )
     _check_reference_mass(prepared, entropy)
     check_feasible(prepared)

@@ -60,7 +60,8 @@ def kl_divergence_terms(log_x: torch.Tensor, log_y: torch.Tensor) -> torch.Tenso
     u = log_x - log_y
     finite = torch.isfinite(u)
     uf = torch.where(finite, u, torch.zeros_like(u))
-    series = uf * uf * (0.5 + uf * (1 / 3 + uf * (1 / 8 + uf * (1 / 30 + uf * (1 / 144 + uf / 840)))))
+    us = torch.clamp(uf, -0.1, 0.1)  # the series is used (and differentiated) on |u| < 0.1 only
+    series = us * us * (0.5 + us * (1 / 3 + us * (1 / 8 + us * (1 / 30 + us * (1 / 144 + us / 840)))))
     direct = uf * torch.exp(uf) - torch.expm1(uf)
     h = torch.where(uf.abs() < 0.1, series, direct)
     y = torch.exp(log_y)
@@ -135,11 +136,11 @@ class MarginalProjector(Projector):
         if self.kind == "hard":
             return torch.zeros_like(mu[..., 0])
         if self.kind == "KL":
-            # zero weights are padding (their mass is forced to zero): no term, no gradient
+            # zero weights are padding (their mass is forced to zero): no term, no gradient;
+            # KL(mu || w) without cancellation (rho up to 1e5 multiplies it)
             present = w > 0
-            log_ratio = torch.where(present & (mu > 0), log_marginal - self.log_weights, torch.zeros_like(mu))
-            term = torch.where(present, mu * log_ratio - mu + w, torch.zeros_like(mu))
-            return self.rho * term.sum(-1)
+            term = kl_divergence_terms(log_marginal, torch.where(present, self.log_weights, torch.zeros_like(w)))
+            return self.rho * torch.where(present, term, torch.zeros_like(mu)).sum(-1)
         if self.relation == "==":
             return self.rho * (mu - w).abs().sum(-1)
         return self.rho * torch.clamp(w - mu, min=0.0).sum(-1)
