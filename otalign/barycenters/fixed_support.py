@@ -75,7 +75,9 @@ class _Spec:
         log_k = -cost / self.eps
         if self.allowed is not None:
             log_k = torch.where(self.allowed, log_k, _NEG_INF)
-        return _Parts(log_a=_safe_log(hist), weights=weights, log_w=_safe_log(weights), log_k=log_k[:, None])
+        return _Parts(
+            log_a=_safe_log(hist), weights=weights, log_w=_safe_log(weights), w_pos=(weights > 0)[:, :, None], log_k=log_k[:, None]
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class _Parts:
     log_a: torch.Tensor  # (B, K, n)
     weights: torch.Tensor  # (Bw, K)
     log_w: torch.Tensor  # (Bw, K)
+    w_pos: torch.Tensor  # (Bw, K, 1) weights > 0
     log_k: torch.Tensor  # (Bc, 1, n, m): -C / eps, -inf on forbidden pairs
 
 
@@ -107,9 +110,8 @@ def _sweep(g: torch.Tensor, parts: _Parts, spec: _Spec, red: Reducer) -> _State:
     live = (parts.log_a > _NEG_INF) & (lkv > _NEG_INF)
     lu = torch.where(live, spec.tau_in * (parts.log_a - lkv), _NEG_INF)
     lz = red.cols(lu)
-    w = parts.weights[:, :, None]
-    if spec.tau_bar == 1.0:  # geometric mean (hard barycentre side)
-        lq = torch.where(w > 0, w * lz, 0.0).sum(1)
+    if spec.tau_bar == 1.0:  # geometric mean (hard barycentre side); 0 * log 0 = 0
+        lq = torch.where(parts.w_pos, parts.weights[:, :, None] * lz, 0.0).sum(1)
     else:  # power mean with exponent 1 - tau_bar = eps / (rho_bar + eps)
         t = 1.0 - spec.tau_bar
         lq = lse(parts.log_w[:, :, None], t * lz, 1) / t
