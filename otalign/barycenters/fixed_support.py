@@ -113,12 +113,29 @@ def _sweep(g: torch.Tensor, parts: _Parts, spec: _Spec, red: Reducer) -> _State:
     if spec.tau_bar == 1.0:  # geometric mean (hard barycentre side); 0 * log 0 = 0
         lq = torch.where(parts.w_pos, parts.weights[:, :, None] * lz, 0.0).sum(1)
     else:  # power mean with exponent 1 - tau_bar = eps / (rho_bar + eps)
-        t = 1.0 - spec.tau_bar
-        lq = lse(parts.log_w[:, :, None], t * lz, 1) / t
+        lq = _log_power_mean(lz, parts, 1.0 - spec.tau_bar)
     # columns that plan k cannot reach (only with forbidden pairs) are empty whatever v is
     reach = lz > _NEG_INF
     g_new = torch.where(reach, spec.tau_bar * (lq[:, None, :] - lz), _NEG_INF)
     return _State(g_in=g, lu=lu, lz=lz, lq=lq, g=g_new)
+
+
+def _log_power_mean(lz: torch.Tensor, parts: _Parts, t: float) -> torch.Tensor:
+    """``log (sum_k w_k z_k^t)^(1/t)`` over axis 1 of ``lz = log z`` (``(B, K, m)`` -> ``(B, m)``).
+
+    ``LSE_k(log w_k + t lz_k) / t`` loses ``1e-16 / t`` to cancellation when ``t = eps / (rho + eps)``
+    is small (``rho >> eps``). Around the geometric mean ``g = sum_k w_k lz_k`` it is
+    ``g + log1p(sum_k w_k expm1(t (lz_k - g))) / t``, accurate for small ``t |lz_k - g|``: used
+    there, the log-sum-exp elsewhere (large spreads, or ``z_k = 0`` with ``w_k > 0``).
+    """
+    w = parts.weights[:, :, None]
+    plain = lse(parts.log_w[:, :, None], t * lz, 1) / t
+    held = parts.w_pos & (lz > _NEG_INF)  # (B, K, m)
+    geo = torch.where(held, w * lz, 0.0).sum(1)
+    d = torch.where(held, t * (lz - geo[:, None, :]), 0.0)
+    near = (held | ~parts.w_pos).all(1) & (d.abs().amax(1) <= 1.0)
+    stable = geo + torch.log1p((w * torch.expm1(d)).sum(1)) / t
+    return torch.where(near, stable, plain)
 
 
 @dataclass
