@@ -76,7 +76,11 @@ class _Spec:
         if self.allowed is not None:
             log_k = torch.where(self.allowed, log_k, _NEG_INF)
         return _Parts(
-            log_a=_safe_log(hist), weights=weights, log_w=_safe_log(weights), w_pos=(weights > 0)[:, :, None], log_k=log_k[:, None]
+            log_a=_safe_log(hist),
+            weights=weights,
+            log_w=_safe_log(weights),
+            w_pos=(weights > 0)[:, :, None],
+            log_k=log_k[:, None],
         )
 
 
@@ -296,7 +300,8 @@ def _iterate(
                 # every entry the log domain keeps must survive in the kernel (no row or column
                 # of a plan entirely below the smallest normal float)
                 idle = ~active[:, None, None]
-                held = ((rows > 0) | (lu == _NEG_INF) | idle).all() & ((P.sum(-2) > 0) | (gd == _NEG_INF) | idle).all()
+                held_rows = ((rows > 0) | (lu == _NEG_INF) | idle).all()
+                held = held_rows & ((P.sum(-2) > 0) | (gd == _NEG_INF) | idle).all()
                 if bool(check_every * step.amax() <= safe) and bool(held):
                     red = KernelReduce(P, lu, gd)
     trace = _Trace(
@@ -332,7 +337,7 @@ class _FixedPoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g_star: torch.Tensor, adj: _Adjoint, *theta: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, g_star: torch.Tensor, adj: _Adjoint, *theta: torch.Tensor):  # noqa: ANN001, ANN205
         ctx.adj = adj
         ctx.save_for_backward(g_star, *theta)
         return g_star.clone()
@@ -366,7 +371,8 @@ class _FixedPoint(torch.autograd.Function):
                 warnings.warn(
                     NonConvergenceWarning(
                         f"barycenter (grad='implicit'): the adjoint iteration did not reach "
-                        f"adjoint_tol={adj.tol:g} within {adj.max_iter} iterations; the gradient is approximate"
+                        f"adjoint_tol={adj.tol:g} within {adj.max_iter} iterations; "
+                        "the gradient is approximate"
                     ),
                     stacklevel=2,
                 )
@@ -590,7 +596,11 @@ def barycenter(
 
 
 def _initial(
-    init: Optional[BarycenterResult], shape: tuple[int, int, int], eps: float, dtype: torch.dtype, device: torch.device
+    init: Optional[BarycenterResult],
+    shape: tuple[int, int, int],
+    eps: float,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> torch.Tensor:
     if init is None:
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -614,7 +624,9 @@ def _warn(trace: _Trace, tol: float, max_iter: int) -> None:
     n_div = int(trace.diverged.sum())
     parts = []
     if n_div:
-        parts.append(f"{n_div} of {B} problem(s) met non-finite values (rolled back to the last finite check)")
+        parts.append(
+            f"{n_div} of {B} problem(s) met non-finite values (rolled back to the last finite check)"
+        )
     n_slow = int((failed & ~trace.diverged).sum())
     if n_slow:
         worst = float(torch.where(failed & ~trace.diverged, trace.error, 0.0).amax())
