@@ -7,8 +7,9 @@
 """
 
 from . import constraints, costs
+from .barycenters import BarycenterResult, barycenter
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
 
 __version__ = "0.1.0"
 
-__all__ = ["constraints", "costs", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "__version__"]
+__all__ = ["constraints", "costs", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "barycenter", "BarycenterResult", "__version__"]
