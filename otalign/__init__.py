@@ -6,10 +6,24 @@
 >>> res.plan, res.f, res.g, res.value, res.converged
 """
 
-from . import constraints, costs
+from . import constraints, costs, geometry
 from .barycenters import BarycenterResult, barycenter
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
+from .warnings import NonConvergenceWarning
 
 __version__ = "0.1.0"
 
-__all__ = ["constraints", "costs", "solve", "sinkhorn", "unbalanced", "partial", "OTResult", "barycenter", "BarycenterResult", "__version__"]
+__all__ = [
+    "constraints",
+    "costs",
+    "geometry",
+    "solve",
+    "sinkhorn",
+    "unbalanced",
+    "partial",
+    "OTResult",
+    "barycenter",
+    "BarycenterResult",
+    "NonConvergenceWarning",
+    "__version__",
+]

@@ -2,7 +2,8 @@
 comes with a plan that is not the solution.
 
 References are independent float64 solvers written in ``tests/reference.py``: Newton's method on
-the dual of KL-relaxed problems, L-BFGS-B (box constraints) for TV penalties. The bound stated by
+the dual of KL-relaxed problems, a trust-region interior-point method on the box-constrained dual
+of TV-penalised ones (L-BFGS-B for TV rows with hard columns). The bound stated by
 the library (``docs/concepts.md``, "Stopping"): for KL penalties ``converged`` means
 ``||P - P*||_1 <= tol``; for problems whose constraints are all penalties,
 ``||P - P*||_1 <= D(gap)`` with ``D(g) = g/3 + sqrt(g^2/9 + 2 m g)``, ``g = gap / epsilon``, at any
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 import otalign as ota
 from otalign import constraints as C
-from reference import Con, dual_reference, newton_unbalanced
+from reference import Con, dual_reference, newton_tv, newton_unbalanced
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -84,9 +85,10 @@ def test_item1_large_rho_over_epsilon_is_solved_or_reported(dtype, tol, rho):
 def test_item2_tiny_epsilon_is_not_reported_converged():
     rng = np.random.default_rng(1)
     M = cloud_problem(rng, 30, 20)
-    res = ota.solve(torch.tensor(M), C.unbalanced(0.5), epsilon=1e-9, max_iter=5000)
+    with pytest.warns(ota.NonConvergenceWarning, match="1 stalled"):
+        res = ota.solve(torch.tensor(M), C.unbalanced(0.5), epsilon=1e-9, max_iter=1000)
     assert not bool(res.converged)
-    assert bool(res.stalled) and int(res.n_iters) < 5000  # no progress: it stops early, and says so
+    assert bool(res.stalled)  # no progress over the last sweeps: more would not help, and it says so
     # a larger epsilon solved to convergence scores far better on the unregularised objective:
     # the plan returned is not a solution (0.2515 against 0.0542 in the issue)
     good = ota.solve(torch.tensor(M), C.unbalanced(0.5), epsilon=1e-3, tol=1e-8, max_iter=100_000)
@@ -185,8 +187,7 @@ def test_tv_relaxed_plans_are_within_the_gap_bound(seed, n, m, eps, rho_a, rho_b
     rng = np.random.default_rng(seed)
     M, a, b = _random_tv(rng, n, m)
     a, b = a * rng.uniform(0.5, 2.0), b * rng.uniform(0.5, 2.0)
-    ref = dual_reference(M, [Con("row", a, penalty=("TV", rho_a)), Con("col", b, penalty=("TV", rho_b))], eps,
-                         ref_a=a, ref_b=b)
+    ref = newton_tv(M, a, b, eps, rho_a, rho_b)
     dtype = torch.float64 if double else torch.float32
     cons = [C.Marginal(axis=0, weights=torch.tensor(a), penalty=C.TV(rho=rho_a)),
             C.Marginal(axis=1, weights=torch.tensor(b), penalty=C.TV(rho=rho_b))]
@@ -194,7 +195,7 @@ def test_tv_relaxed_plans_are_within_the_gap_bound(seed, n, m, eps, rho_a, rho_b
     P = res.plan.double().numpy()
     best = primal_tv(ref.plan, M, a, b, eps, rho_a, rho_b)
     feasible = primal_tv(np.outer(a, b), M, a, b, eps, rho_a, rho_b)
-    slack = 1e-6 if double else 1e-4  # the L-BFGS-B reference is accurate to ~1e-8
+    slack = 1e-7 if double else 1e-4  # the reference's projected gradient is ~1e-9
     gap = max(float(res.gap), 0.0)
     assert float(res.value) <= min(best, feasible) + gap + slack
     assert float(np.abs(P - ref.plan).sum()) <= distance_bound(gap, float(P.sum()), eps) + 10 * slack

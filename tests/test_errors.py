@@ -22,7 +22,8 @@ def solve(cost=M, cons=None, **kw):
     [
         (dict(epsilon=-1.0), "epsilon"),
         (dict(epsilon=math.nan), "epsilon"),
-        (dict(tol=0.0), "tol"),
+        (dict(tol=-1e-3), "tol"),
+        (dict(tol="1e-3"), "tol"),
         (dict(max_iter=-1), "max_iter"),
         (dict(max_iter=2.5), "max_iter"),
         (dict(check_every=0), "check_every"),

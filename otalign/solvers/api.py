@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 
 from ..constraints import factories
-from .engine import Acceleration, center_potentials, iterate
+from ..warnings import NonConvergenceWarning
+from .engine import Acceleration, Trace, center_potentials, iterate
 from .exact import solve_exact
 from .gradients import dual_value, implicit_duals
 from .plan import make_log_plan
@@ -98,6 +100,7 @@ def solve(
     overrelax: Union[None, str, float] = None,
     anneal: Optional[float] = None,
     translation: bool = True,
+    warn: bool = True,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -138,6 +141,8 @@ def solve(
             hard): it removes the slow convergence of the total mass when ``rho >> epsilon``
             (``docs/concepts.md``). ``False`` runs plain sweeps (e.g. a fixed number of Sinkhorn
             iterations that a loss is defined by).
+        warn: issue a :class:`~otalign.NonConvergenceWarning` when a problem of the call did not
+            converge (it is reported in ``res.converged`` either way).
         center: centre the potentials of balanced problems (``<f, a> = <g, b>``); ``False``
             returns the duals exactly as iterated from ``init`` (e.g. the scalings ``u, v`` of
             Sinkhorn started from ``v = 1``).
@@ -224,6 +229,8 @@ def solve(
             envelope = primal + (dual - dual.detach())
     if center:
         center_potentials(state, prep.projectors)
+    if warn:
+        warn_unconverged(trace, tol=tol, max_iter=max_iter, dtype=prep.problem.dtype)
     return OTResult(
         state,
         prep.projectors,
@@ -246,6 +253,33 @@ def _is_zero(epsilon: Any) -> bool:
     if isinstance(epsilon, torch.Tensor) and epsilon.numel() == 1:
         epsilon = epsilon.item()
     return isinstance(epsilon, numbers.Real) and not isinstance(epsilon, (bool, np.bool_)) and epsilon == 0
+
+
+def warn_unconverged(trace: Trace, *, tol: float, max_iter: int, dtype: torch.dtype) -> None:
+    """One :class:`NonConvergenceWarning` naming how many problems missed ``tol`` and why."""
+    missed = ~trace.converged
+    count = int(missed.sum())
+    if count == 0 or tol == 0:
+        return
+    B = missed.numel()
+    diverged = int((missed & trace.diverged).sum())
+    stalled = int((missed & trace.stalled).sum())
+    finite = trace.error[missed & torch.isfinite(trace.error)]
+    worst = f"{float(finite.max()):.3g}" if finite.numel() else "nan"
+    reasons = []
+    if diverged:
+        reasons.append(f"{diverged} met non-finite values")
+    if stalled:
+        floor = " (in float32 the floor is ~1e-6 at small epsilon: use float64)" if dtype == torch.float32 else ""
+        reasons.append(f"{stalled} stalled: more sweeps would not help; raise tol{floor} or epsilon")
+    if count - diverged - stalled:
+        reasons.append(f"{count - diverged - stalled} still improving at max_iter={max_iter}: raise max_iter")
+    warnings.warn(
+        f"{count} of {B} problem(s) did not converge to tol={tol:g} (largest error {worst}): "
+        + "; ".join(reasons) + ". See res.converged, res.error, res.stalled.",
+        NonConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def sinkhorn(cost: torch.Tensor, a: Any = None, b: Any = None, *, epsilon: float, **kwargs: Any) -> OTResult:

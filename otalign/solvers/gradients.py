@@ -22,7 +22,6 @@ from typing import Optional
 import torch
 
 from .engine import sweep
-from .footprint import ROW
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
@@ -106,7 +105,7 @@ def dual_value(state: LogPlan, projectors: list[Projector], entropy: str) -> tor
     At the optimum it equals the primal value (strong duality). The plan's mass comes from its
     row marginal: no ``n x m`` array.
     """
-    total = torch.exp(safe_logsumexp(state.log_marginal(ROW), -1))
+    total = torch.exp(safe_logsumexp(state._row_lse(), -1))  # fresh: cached marginals may lack the graph
     value = -state.eps * total
     if entropy == "kl":
         value = value + state.eps * state.reference_mass()

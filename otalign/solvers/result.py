@@ -52,8 +52,9 @@ class OTResult:
             violation). For problems whose constraints are all penalties it bounds the distance
             to the optimum: ``epsilon KL(P* || P) <= gap``.
         converged: ``(B,)`` ``error <= tol`` was reached. diverged: ``(B,)`` non-finite values met.
-        stalled: ``(B,)`` stopped before ``max_iter`` because the error no longer fell (by 1%
-            over the last 200 sweeps): ``tol`` is below what the dtype or the iteration reaches.
+        stalled: ``(B,)`` unconverged at ``max_iter`` with an error that no longer fell (by 1% over
+            the last 200 sweeps): more sweeps would not help (``tol`` below the dtype's floor, or
+            an epsilon too small for the iteration).
         grad: the gradient mode the result was computed with (see ``docs/gradients.md``).
     """
 
