@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .cli_args import MAX_COUNT, available_cpus, integer, integer_list, real, real_list
 

@@ -117,6 +117,14 @@ class Geometry:
         return []
 
     # -- provided -------------------------------------------------------------------------------
+    @property
+    def reductions(self):
+        """The module computing the reductions (``lse``, ``block_lse``, ``apply``,
+        ``weighted_cost``, ``log_plan``): :mod:`otalign.geometry.streaming` by default."""
+        from . import streaming
+
+        return streaming
+
     def dense(self) -> torch.Tensor:
         """The whole ``(B', n, m)`` cost (computed tile by tile for a lazy geometry)."""
         return self.cost_tile(slice(0, self.n), slice(0, self.m))
@@ -129,26 +137,36 @@ class Geometry:
         alpha: torch.Tensor,
         beta: torch.Tensor,
         terms: PairTerms,
+        out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, tn, tm)`` log-plan entries of a tile: ``alpha_i + beta_j + (E_ij - C_ij) / eps``,
         ``-inf`` on forbidden pairs. ``alpha``, ``beta`` are the tile's slices ``(B, tn)``,
-        ``(B, tm)``. Subclasses may fuse the cost into one matrix product (:class:`PointCloud`)."""
-        out = self.cost_tile(rows, cols) * (-1.0 / eps)
-        out = out + alpha[:, :, None] + beta[:, None, :]
-        return apply_pair_terms(out, rows, cols, eps, terms)
+        ``(B, tm)``. ``out`` (no autograd): a buffer of that shape to write into. Subclasses may
+        fuse the cost into one matrix product (:class:`PointCloud`)."""
+        if out is None:
+            logits = self.cost_tile(rows, cols) * (-1.0 / eps)
+            logits = logits + alpha[:, :, None] + beta[:, None, :]
+            return apply_pair_terms(logits, rows, cols, eps, terms)
+        torch.mul(self.cost_tile(rows, cols), -1.0 / eps, out=out)
+        out.add_(alpha[:, :, None]).add_(beta[:, None, :])
+        return apply_pair_terms(out, rows, cols, eps, terms, inplace=True)
 
     def __repr__(self) -> str:
         batch = f"B={self.batch}, " if self.batch > 1 else ""
         return f"{type(self).__name__}({batch}n={self.n}, m={self.m}, dtype={self.dtype})"
 
 
-def apply_pair_terms(logits: torch.Tensor, rows: slice, cols: slice, eps: float, terms: PairTerms) -> torch.Tensor:
-    """Add the block duals and put ``-inf`` on the forbidden pairs of a tile ``(B, tn, tm)``."""
+def apply_pair_terms(logits: torch.Tensor, rows: slice, cols: slice, eps: float, terms: PairTerms,
+                     inplace: bool = False) -> torch.Tensor:
+    """Add the block duals and put ``-inf`` on the forbidden pairs of a tile ``(B, tn, tm)``
+    (in place with ``inplace=True``, for buffers outside autograd)."""
     for fp, dual in terms.blocks:
-        logits = logits + fp.expand_tile(dual, rows, cols) / eps
+        block = fp.expand_tile(dual, rows, cols)
+        logits = logits.add_(block, alpha=1.0 / eps) if inplace else logits + block / eps
     if terms.mask is not None:
-        logits = logits.masked_fill(~terms.mask[:, rows, cols], -math.inf)
+        drop = ~terms.mask[:, rows, cols]
+        logits = logits.masked_fill_(drop, -math.inf) if inplace else logits.masked_fill(drop, -math.inf)
     for row_labels, col_labels in terms.forbid_labels:
         same = (row_labels[:, rows, None] == col_labels[:, None, cols]) & (row_labels[:, rows, None] >= 0)
-        logits = logits.masked_fill(same, -math.inf)
+        logits = logits.masked_fill_(same, -math.inf) if inplace else logits.masked_fill(same, -math.inf)
     return logits

@@ -14,7 +14,6 @@ Backends (``docs/geometry.md``):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -141,6 +140,11 @@ class PointCloud(Geometry):
             from . import keops
 
             keops.require()
+            if not isinstance(self.cost, str):
+                raise ValueError(
+                    "backend='keops' needs a named cost (KeOps compiles formulas): cost='sqeuclidean', "
+                    "'cosine' or 'neg_dot'; a callable cost runs on backend='online'"
+                )
         if backend != "auto":
             return backend
         size = self.batch * self.n * self.m * (torch.finfo(self.dtype).bits // 8)
@@ -149,6 +153,14 @@ class PointCloud(Geometry):
     @property
     def is_dense(self) -> bool:  # type: ignore[override]
         return self.backend == "tensorized"
+
+    @property
+    def reductions(self):
+        if self.backend == "keops":
+            from . import keops
+
+            return keops
+        return super().reductions
 
     # -- costs ------------------------------------------------------------------------------------
     def cost_tile(self, rows: slice, cols: slice) -> torch.Tensor:
@@ -180,22 +192,26 @@ class PointCloud(Geometry):
         return cost
 
     def tile_logits(self, rows: slice, cols: slice, eps: float, alpha: torch.Tensor, beta: torch.Tensor,
-                    terms: PairTerms) -> torch.Tensor:
-        if isinstance(self.cost, str):
-            a, b = alpha, beta
-            if self.cost == "sqeuclidean":
-                a = a - self._row_sq[:, rows] / eps
-                b = b - self._col_sq[:, cols] / eps
-            elif self.cost == "cosine":
-                a = a - 1.0 / eps
-            u, v = self._u[:, rows], self._v[:, cols].transpose(1, 2)
-            if u.shape[0] == b.shape[0]:
-                out = torch.baddbmm(b[:, None, :], u, v, alpha=self._scale / eps)
-            else:  # one cloud pair shared by a batch of duals
-                out = (u @ v) * (self._scale / eps) + b[:, None, :]
-            out = out + a[:, :, None]
-            return apply_pair_terms(out, rows, cols, eps, terms)
-        return super().tile_logits(rows, cols, eps, alpha, beta, terms)
+                    terms: PairTerms, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not isinstance(self.cost, str):
+            return super().tile_logits(rows, cols, eps, alpha, beta, terms, out)
+        # logits = a'_i + b'_j + (scale / eps) <u_i, v_j>: one batched matrix product
+        a, b = alpha, beta
+        if self.cost == "sqeuclidean":
+            a = a - self._row_sq[:, rows] / eps
+            b = b - self._col_sq[:, cols] / eps
+        elif self.cost == "cosine":
+            a = a - 1.0 / eps
+        u, v = self._u[:, rows], self._v[:, cols].transpose(1, 2)
+        B = b.shape[0]
+        if u.shape[0] != B:  # one cloud pair shared by a batch of duals
+            u, v = u.expand(B, -1, -1), v.expand(B, -1, -1)
+        if out is None:
+            logits = torch.baddbmm(b[:, None, :], u, v, alpha=self._scale / eps) + a[:, :, None]
+            return apply_pair_terms(logits, rows, cols, eps, terms)
+        torch.baddbmm(b[:, None, :], u, v, alpha=self._scale / eps, out=out)
+        out.add_(a[:, :, None])
+        return apply_pair_terms(out, rows, cols, eps, terms, inplace=True)
 
     def extent(self) -> tuple[float, float]:
         with torch.no_grad():

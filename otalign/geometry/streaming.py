@@ -72,6 +72,27 @@ def _combine(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else _safe_lse(torch.stack(parts, dim=-1), -1)
 
 
+def _scratch(geom: Geometry, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reusable buffer of ``shape`` held by the geometry (a fresh ``(tn, tm)`` block per tile
+    would be page-faulted anew by the allocator at every reduction)."""
+    cache = geom.__dict__.setdefault("_scratch_buffers", {})
+    buf = cache.get((shape, dtype))
+    if buf is None:
+        cache.clear()  # one size at a time (tiles only differ at the edges)
+        buf = cache[(shape, dtype)] = torch.empty(shape, dtype=dtype, device=geom.device)
+    return buf
+
+
+def _lse_into(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` along ``dim`` computed in place in ``logits`` (destroyed)."""
+    shift = torch.amax(logits, dim=dim, keepdim=True)
+    empty = shift == -math.inf
+    shift.masked_fill_(empty, 0.0)
+    logits.sub_(shift).clamp_(min=math.log(torch.finfo(logits.dtype).tiny) + 1.0).exp_()
+    out = logits.sum(dim).log_().add_(shift.squeeze(dim))
+    return out.masked_fill_(empty.squeeze(dim), -math.inf)
+
+
 def lse(geom: Geometry, eps: float, alpha: torch.Tensor, beta: torch.Tensor, terms: PairTerms, dim: int) -> torch.Tensor:
     """``log sum_j P_ij`` (``dim=-1``, ``(B, n)``) or ``log sum_i P_ij`` (``dim=-2``, ``(B, m)``)."""
     B = alpha.shape[0]
@@ -80,7 +101,12 @@ def lse(geom: Geometry, eps: float, alpha: torch.Tensor, beta: torch.Tensor, ter
     reduce_dim = -1 if dim == -1 else -2
 
     def tile(a, b, rows, cols):
-        return _safe_lse(geom.tile_logits(rows, cols, eps, a, b, terms), reduce_dim)
+        if graph:
+            return _safe_lse(geom.tile_logits(rows, cols, eps, a, b, terms), reduce_dim)
+        size = (B, rows.stop - rows.start, cols.stop - cols.start)
+        buf = _scratch(geom, (B, tn, tm), alpha.dtype)
+        view = buf if size == buf.shape else buf.view(-1)[: size[0] * size[1] * size[2]].view(size)
+        return _lse_into(geom.tile_logits(rows, cols, eps, a, b, terms, out=view), reduce_dim)
 
     out = []
     if dim == -1:

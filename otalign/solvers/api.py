@@ -264,7 +264,7 @@ def warn_unconverged(trace: Trace, *, tol: float, max_iter: int, dtype: torch.dt
     B = missed.numel()
     diverged = int((missed & trace.diverged).sum())
     stalled = int((missed & trace.stalled).sum())
-    finite = trace.error[missed & torch.isfinite(trace.error)]
+    finite = trace.error.detach()[missed & torch.isfinite(trace.error.detach())]
     worst = f"{float(finite.max()):.3g}" if finite.numel() else "nan"
     reasons = []
     if diverged:

@@ -41,7 +41,6 @@ from typing import Optional
 
 import torch
 
-from ..geometry import streaming
 from ..geometry.base import Geometry, PairTerms
 from .footprint import COL, ROW, SCALAR, Footprint, Groups
 from .problem import safe_logsumexp
@@ -236,17 +235,18 @@ class LogPlan:
         return PairTerms(self.static_terms.mask, self.static_terms.forbid_labels, blocks)
 
     def _row_lse(self) -> torch.Tensor:
-        return streaming.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -1)
+        return self.geometry.reductions.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -1)
 
     def _col_lse(self) -> torch.Tensor:
-        return streaming.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -2)
+        return self.geometry.reductions.lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), -2)
 
     def _group_lse(self, footprint: Groups) -> torch.Tensor:
-        return streaming.block_lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), footprint)
+        return self.geometry.reductions.block_lse(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(),
+                                                  footprint)
 
     def log_plan(self) -> torch.Tensor:
         """``log P``, shape ``(B, n, m)`` (``-inf`` on forbidden pairs and padded rows/columns)."""
-        return streaming.log_plan(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
+        return self.geometry.reductions.log_plan(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
 
     def materialize_plan(self) -> torch.Tensor:
         """The dense plan ``(B, n, m)``."""
@@ -254,12 +254,13 @@ class LogPlan:
 
     def transport_cost(self, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B,)`` ``<C, P>`` (streamed; ``plan`` is ignored here)."""
-        return streaming.weighted_cost(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
+        return self.geometry.reductions.weighted_cost(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms())
 
     def apply(self, v: torch.Tensor, transpose: bool, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``P v`` (``v``: ``(B, m, k)``) or ``P^T v`` (``v``: ``(B, n, k)``), streamed."""
         norm = self.log_marginal(COL if transpose else ROW)
-        return streaming.apply(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), v, transpose, norm)
+        return self.geometry.reductions.apply(self.geometry, self.eps, self.alpha, self.beta, self.pair_terms(), v,
+                                              transpose, norm)
 
     def reference_mass(self) -> torch.Tensor:
         """``(B,)`` total mass of the reference measure ``R = r_a (x) r_b`` on the allowed pairs."""
