@@ -83,6 +83,13 @@ def _scratch(geom: Geometry, shape: tuple[int, ...], dtype: torch.dtype) -> torc
     return buf
 
 
+def _tile_buffer(geom: Geometry, B: int, tn: int, tm: int, rows: slice, cols: slice, dtype: torch.dtype) -> torch.Tensor:
+    """The ``(B, rows, cols)`` view of the geometry's reusable ``(B, tn, tm)`` buffer."""
+    buf = _scratch(geom, (B, tn, tm), dtype)
+    size = (B, rows.stop - rows.start, cols.stop - cols.start)
+    return buf if size == buf.shape else buf.view(-1)[: size[0] * size[1] * size[2]].view(size)
+
+
 def _lse_into(logits: torch.Tensor, dim: int) -> torch.Tensor:
     """``logsumexp`` along ``dim`` computed in place in ``logits`` (destroyed)."""
     shift = torch.amax(logits, dim=dim, keepdim=True)
@@ -103,10 +110,8 @@ def lse(geom: Geometry, eps: float, alpha: torch.Tensor, beta: torch.Tensor, ter
     def tile(a, b, rows, cols):
         if graph:
             return _safe_lse(geom.tile_logits(rows, cols, eps, a, b, terms), reduce_dim)
-        size = (B, rows.stop - rows.start, cols.stop - cols.start)
-        buf = _scratch(geom, (B, tn, tm), alpha.dtype)
-        view = buf if size == buf.shape else buf.view(-1)[: size[0] * size[1] * size[2]].view(size)
-        return _lse_into(geom.tile_logits(rows, cols, eps, a, b, terms, out=view), reduce_dim)
+        buf = _tile_buffer(geom, B, tn, tm, rows, cols, a.dtype)
+        return _lse_into(geom.tile_logits(rows, cols, eps, a, b, terms, out=buf), reduce_dim)
 
     out = []
     if dim == -1:
@@ -149,11 +154,14 @@ def apply(
     norm = torch.where(torch.isfinite(log_norm), log_norm, torch.zeros_like(log_norm))
 
     def tile(a, b, vv, nn, rows, cols):
-        logits = geom.tile_logits(rows, cols, eps, a, b, terms)
-        if transpose:
-            weights = torch.exp(logits - nn[:, None, :])  # (B, tn, tm), <= 1 where P is normalised
-            return weights.transpose(1, 2) @ vv
-        return torch.exp(logits - nn[:, :, None]) @ vv
+        shift = nn[:, None, :] if transpose else nn[:, :, None]
+        if graph:
+            weights = torch.exp(geom.tile_logits(rows, cols, eps, a, b, terms) - shift)
+        else:  # in the reusable buffer
+            weights = geom.tile_logits(rows, cols, eps, a, b, terms, out=_tile_buffer(geom, B, tn, tm, rows, cols, a.dtype))
+            weights.sub_(shift).exp_()
+        # (B, tn, tm) entries of P relative to the marginal on the result's side: <= 1
+        return weights.transpose(1, 2) @ vv if transpose else weights @ vv
 
     out = []
     if transpose:
@@ -176,10 +184,14 @@ def weighted_cost(geom: Geometry, eps: float, alpha: torch.Tensor, beta: torch.T
     graph = _needs_graph(alpha, beta, geom=geom, terms=terms)
 
     def tile(a, b, rows, cols):
-        logits = geom.tile_logits(rows, cols, eps, a, b, terms)
-        cost = geom.cost_tile(rows, cols)
-        plan = torch.exp(logits)
-        return torch.where(plan > 0, plan * cost, torch.zeros_like(plan)).sum((-2, -1))
+        cost = geom.cost_tile(rows, cols).expand(B, -1, -1)
+        if graph:
+            plan = torch.exp(geom.tile_logits(rows, cols, eps, a, b, terms))
+            return torch.where(plan > 0, plan * cost, torch.zeros_like(plan)).sum((-2, -1))
+        plan = geom.tile_logits(rows, cols, eps, a, b, terms, out=_tile_buffer(geom, B, tn, tm, rows, cols, a.dtype))
+        plan.exp_()
+        # <P, C> as a batched dot product: no temporary the size of the tile
+        return torch.bmm(plan.reshape(B, 1, -1), cost.reshape(B, -1, 1)).reshape(B)
 
     return sum(_run(lambda a, b, r=rows, c=cols: tile(a, b, r, c), graph, alpha[:, rows], beta[:, cols])
                for rows in _blocks(geom.n, tn) for cols in _blocks(geom.m, tm))
