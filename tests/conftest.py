@@ -1,9 +1,17 @@
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# The default run (CI) draws the same examples every time, so a red run is reproducible and a green
+# one is not luck; HYPOTHESIS_PROFILE=explore draws fresh examples to hunt for new failures.
+settings.register_profile("default", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=200, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
 
