@@ -49,6 +49,9 @@ def add_train_parser(sub) -> None:
     g.add_argument("--rho", type=float, default=defaults.rho, help="GCA-UOT marginal relaxation (inf = balanced)")
     g.add_argument("--r1", type=float, default=defaults.r1, help="GCA-UOT weight of the KL term")
     g.add_argument("--r2", type=float, default=defaults.r2, help="GCA-UOT weight of the robust term")
+    g.add_argument("--robust", default=defaults.robust, help="form of the robust term: scaling or partition")
+    g.add_argument("--readout", default=defaults.readout, help="plan read by the KL term: renormalised or raw")
+    g.add_argument("--lambda-p", type=float, default=defaults.lambda_p, help="IOT-uni weight of the uniformity term")
     t = p.add_argument_group("training (see TrainConfig)")
     t.add_argument("--dataset", default=None, help="digits (default) or mnist1d")
     t.add_argument("--augmentation", default=None, help="standard (default) or extreme")
@@ -81,7 +84,8 @@ def _config(args: argparse.Namespace):
 def _params(args: argparse.Namespace):
     from .experiments.losses import LossParams
 
-    return LossParams(epsilon=args.epsilon, n_iter=args.n_iter, q=args.q, lam=args.lam, rho=args.rho, r1=args.r1, r2=args.r2)
+    return LossParams(epsilon=args.epsilon, n_iter=args.n_iter, q=args.q, lam=args.lam, rho=args.rho, r1=args.r1, r2=args.r2,
+                      robust=args.robust, readout=args.readout, lambda_p=args.lambda_p)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,14 +1,18 @@
 """Contrastive losses by name, as factories for the pipeline (what ``otalign train --loss`` uses).
 
-========================  ==========================================================
-name                      loss (``otalign.contrastive``)
-========================  ==========================================================
-``infonce``               ``InfoNCE(epsilon)``
-``rince``                 ``RINCE(epsilon, q, lam)``
-``gca-infonce``           ``GCAInfoNCE(epsilon, n_iter)``
-``gca-rince``             ``GCARINCE(epsilon, n_iter, q, lam)``
-``gca-uot``               ``GCAUOT(epsilon, n_iter, rho, lam, q, r1, r2)``
-========================  ==========================================================
+=======================  ========================================================================
+name                     loss (``otalign.contrastive``)
+=======================  ========================================================================
+``infonce``              ``InfoNCE(epsilon)``
+``rince``                ``RINCE(epsilon, q, lam)``
+``gca-infonce``          ``GCAInfoNCE(epsilon, n_iter, readout)``
+``gca-rince``            ``GCARINCE(epsilon, n_iter, q, lam, robust)``
+``gca-uot``              ``GCAUOT(epsilon, n_iter, rho, lam, q, r1, r2, robust, readout)``
+``gca-uot-scaling``      ``gca-uot`` with ``robust="scaling"`` (whatever ``robust`` says)
+``gca-uot-partition``    ``gca-uot`` with ``robust="partition"``
+``iot``                  ``IOT(epsilon, n_iter, readout)``
+``iot-uni``              ``IOTUni(epsilon, n_iter, lambda_p, readout)``
+=======================  ========================================================================
 
 Any loss of the contrastive layer can be used from Python directly: the pipeline takes factories.
 """
@@ -24,7 +28,8 @@ from .. import contrastive as cl
 
 __all__ = ["LOSS_NAMES", "LossParams", "loss_factory", "domain_loss_factory"]
 
-LOSS_NAMES = ("infonce", "rince", "gca-infonce", "gca-rince", "gca-uot")
+LOSS_NAMES = ("infonce", "rince", "gca-infonce", "gca-rince", "gca-uot", "gca-uot-scaling", "gca-uot-partition",
+              "iot", "iot-uni")
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,8 @@ class LossParams:
     """Hyper-parameters of the named losses (each loss reads the ones it has).
 
     Defaults follow the GCA authors' code: epsilon 0.5, 10 iterations, q 0.6, lam 0.01, rho 0.2,
-    r1 = r2 = 1.
+    r1 = r2 = 1, IOT-uni's lambda_p 0.2; ``robust`` is :data:`otalign.contrastive.DEFAULT_ROBUST`,
+    ``readout`` the row-renormalised plan.
     """
 
     epsilon: float = 0.5
@@ -42,6 +48,9 @@ class LossParams:
     rho: float = 0.2
     r1: float = 1.0
     r2: float = 1.0
+    robust: str = cl.DEFAULT_ROBUST
+    readout: str = "renormalised"
+    lambda_p: float = 0.2
 
     def replace(self, **changes: Any) -> "LossParams":
         return replace(self, **changes)
@@ -51,16 +60,22 @@ class LossParams:
 
 
 def _build(name: str, p: LossParams, target: Optional[cl.Target]) -> nn.Module:
-    kw = {} if target is None else {"target": target}
+    kw: dict[str, Any] = {} if target is None else {"target": target}
     if name == "infonce":
         return cl.InfoNCE(p.epsilon, **kw)
     if name == "rince":
         return cl.RINCE(p.epsilon, q=p.q, lam=p.lam, **kw)
     if name == "gca-infonce":
-        return cl.GCAInfoNCE(p.epsilon, p.n_iter, **kw)
+        return cl.GCAInfoNCE(p.epsilon, p.n_iter, readout=p.readout, **kw)
     if name == "gca-rince":
-        return cl.GCARINCE(p.epsilon, p.n_iter, q=p.q, lam=p.lam, **kw)
-    return cl.GCAUOT(p.epsilon, p.n_iter, rho=p.rho, lam=p.lam, q=p.q, r1=p.r1, r2=p.r2, **kw)
+        return cl.GCARINCE(p.epsilon, p.n_iter, q=p.q, lam=p.lam, robust=p.robust, **kw)
+    if name == "iot":
+        return cl.IOT(p.epsilon, p.n_iter, readout=p.readout, **kw)
+    if name == "iot-uni":
+        return cl.IOTUni(p.epsilon, p.n_iter, lambda_p=p.lambda_p, readout=p.readout, **kw)
+    robust = {"gca-uot-scaling": "scaling", "gca-uot-partition": "partition"}.get(name, p.robust)
+    return cl.GCAUOT(p.epsilon, p.n_iter, rho=p.rho, lam=p.lam, q=p.q, r1=p.r1, r2=p.r2, robust=robust,
+                     readout=p.readout, **kw)
 
 
 def loss_factory(name: str, params: Optional[LossParams] = None) -> Callable[[], nn.Module]:
