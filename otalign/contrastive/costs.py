@@ -120,9 +120,11 @@ def _check_finite(C: torch.Tensor, joint: bool) -> None:
 def views_cost(z_a: torch.Tensor, z_b: torch.Tensor, layout: str = "joint", cost: CostSpec = "cosine") -> torch.Tensor:
     """The cost of the plan: ``(2B, 2B)`` over ``[z_a; z_b]`` (joint) or ``(B, B)`` (cross).
 
-    A preset is computed exactly as a caller's pairwise callable returning ``(B, B)`` would be
-    (the same four blocks in the joint layout, each view prepared once), so passing the preset's
-    function (``COST_PRESETS[name]``) reproduces it bit for bit.
+    A preset is computed as a caller's pairwise callable returning ``(B, B)`` would be (the same
+    four blocks in the joint layout; each view is prepared once), so passing the preset's function
+    (``COST_PRESETS[name]``, or the same operations written by the caller) reproduces the loss bit
+    for bit (its gradient to rounding: the normalisation's backward sums the blocks in another
+    order).
     """
     B = z_a.shape[0]
     if isinstance(cost, str):
@@ -138,7 +140,7 @@ def views_cost(z_a: torch.Tensor, z_b: torch.Tensor, layout: str = "joint", cost
         return C
     C = _call(cost, z_a, z_b, ((B, B), (2 * B, 2 * B)))
     if C.shape[0] == B:
-        blocks = [[_call(cost, z_a, z_a, ((B, B),)), C], [_call(cost, z_b, z_a, ((B, B),)), _call(cost, z_b, z_b, ((B, B),))]]
-        C = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)
+        C = torch.cat([torch.cat([_call(cost, z_a, z_a, ((B, B),)), C], dim=1),
+                       torch.cat([_call(cost, z_b, z_a, ((B, B),)), _call(cost, z_b, z_b, ((B, B),))], dim=1)], dim=0)
     _check_finite(C, joint=True)
-    return C
+    return C.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=C.device), 0.0)  # self-pairs: never used

@@ -56,7 +56,8 @@ class PlanView:
             ``-inf`` on excluded pairs.
         log_u: ``(N,)`` ``log u_i``, the row scaling of the last row step (for ``n_iter = 0``: the
             row projection of the kernel, ``u = 1 / (K 1)``).
-        readout: ``"renormalised"`` or ``"raw"``: which plan the KL and uniformity terms read.
+        readout: ``"renormalised"`` or ``"raw"``: which plan the KL and uniformity terms read
+            (for ``n_iter = 0`` both are the row projection ``diag(u) K``).
         n_iter: sweeps run.
         taus: ``(rho1 / (rho1 + eps), rho2 / (rho2 + eps))`` when the constraint set is unit
             marginals (1 for hard ones); None for any other constraint set.
@@ -70,7 +71,7 @@ class PlanView:
 
     def log_plan(self) -> torch.Tensor:
         """``(N, N)`` log of the plan the loss reads (``-inf`` on excluded pairs)."""
-        if self.readout == "raw":
+        if self.readout == "raw" and self.n_iter > 0:
             return self.logits + self.log_u[:, None]
         return self.logits - torch.logsumexp(self.logits, dim=-1, keepdim=True)
 
@@ -297,7 +298,7 @@ class KL(Divergence):
     name = "kl"
 
     def terms(self, plan, target):
-        if plan.readout == "renormalised":
+        if plan.readout == "renormalised" or plan.n_iter == 0:  # n_iter = 0: the row projection either way
             return {self.name: Term(_softmax_cross_entropy(plan.logits, target))}
         return {self.name: Term(_raw_cross_entropy(plan, target))}
 

@@ -64,7 +64,7 @@ class GCALoss(nn.Module):
         readout: the plan the KL (and uniformity) terms read: ``"renormalised"`` (default, the
             row-renormalised plan, ``KL(I || P^(2T+1))`` for balanced marginals) or ``"raw"``
             (``P^(2T) = diag(u) K diag(v)``, after the last column step: the GCA authors' ImageNet
-            read-out; with ``n_iter = 0`` it is the kernel itself).
+            read-out). With ``n_iter = 0`` both are InfoNCE's row projection.
         cost: ``"cosine"`` (default, ``-cos``), ``"cosine_distance"`` (``1 - cos``, the GCA
             authors'), ``"sqeuclidean"``, or a callable ``cost(z_a, z_b)`` returning ``(B, B)`` or
             the joint ``(2B, 2B)`` (see :mod:`otalign.contrastive.costs`).
@@ -236,6 +236,8 @@ class GCAUOT(GCALoss):
         **kwargs: Any,
     ) -> None:
         r1, r2 = _weight("r1", r1), _weight("r2", r2)
+        if rho is None:
+            raise ValueError("rho=None; expected a number > 0 (math.inf: hard marginals) or a pair of them")
         divergence = KL() * r1 + Robust(q, lam, form=robust, lam_scale=lam_scale) * r2
         super().__init__(unit_marginals(rho), divergence=divergence, epsilon=epsilon, n_iter=n_iter, **kwargs)
 
