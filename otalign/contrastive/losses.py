@@ -206,8 +206,8 @@ class GCARINCE(GCALoss):
                          epsilon=epsilon, n_iter=n_iter, **kwargs)
 
 
-def _weight(name: str, value: Any) -> float:
-    return check_real(name, value, low=0.0, expected=f"a finite number >= 0 (the weight of the {name} term)")
+def _weight(name: str, value: Any, term: str) -> float:
+    return check_real(name, value, low=0.0, expected=f"a finite number >= 0 (the weight of the {term} term)")
 
 
 class GCAUOT(GCALoss):
@@ -235,7 +235,7 @@ class GCAUOT(GCALoss):
         lam_scale: str = "otalign",
         **kwargs: Any,
     ) -> None:
-        r1, r2 = _weight("r1", r1), _weight("r2", r2)
+        r1, r2 = _weight("r1", r1, "KL"), _weight("r2", r2, "robust")
         if rho is None:
             raise ValueError("rho=None; expected a number > 0 (math.inf: hard marginals) or a pair of them")
         divergence = KL() * r1 + Robust(q, lam, form=robust, lam_scale=lam_scale) * r2

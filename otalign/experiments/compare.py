@@ -160,6 +160,26 @@ class Comparison:
             runs=[RunResult.from_dict(r) for r in values["runs"]],
         )
 
+    @classmethod
+    def combine(cls, *comparisons: Comparison) -> Comparison:
+        """One comparison of the losses of several (e.g. run in parallel processes, one loss
+        each). They must share the seeds and every setting but ``output_dir``; the first one's
+        losses come first (its first loss is the baseline of :meth:`differences`)."""
+        if not comparisons:
+            raise ValueError("combine() needs at least one comparison")
+        first = comparisons[0]
+        key = first.config.replace(output_dir=None)
+        names = set(first.names)
+        for other in comparisons[1:]:
+            if other.seeds != first.seeds:
+                raise ValueError(f"seeds {other.seeds} differ from {first.seeds}; expected the same seeds")
+            if other.config.replace(output_dir=None) != key:
+                raise ValueError("the comparisons' configurations differ (beyond output_dir); expected one configuration")
+            if names & set(other.names):
+                raise ValueError(f"losses {sorted(names & set(other.names))} appear twice; expected distinct losses")
+            names |= set(other.names)
+        return cls(config=first.config, seeds=list(first.seeds), runs=[r for c in comparisons for r in c.runs])
+
     def save(self, directory: Union[str, Path]) -> dict[str, Path]:
         """Write ``comparison.json`` (config, summary, every run's record) and ``comparison.png``
         (bar plot of the metrics) to ``directory``; returns their paths by kind."""

@@ -1,0 +1,33 @@
+"""The contrastive options in the experiment pipeline: new loss names and CLI options, and
+``Comparison.combine`` (what ``make demo`` uses to pair two parallel processes)."""
+
+import json
+
+import pytest
+
+from otalign import experiments as ex
+from otalign.cli import main
+
+TINY = ["--epochs", "1", "--subset", "128", "--batch-size", "64", "--no-progress", "--seeds", "0,1"]
+
+
+def test_two_processes_combine_into_one_paired_comparison(tmp_path, capsys):
+    assert main(["train", "--compare", "infonce", "--out", str(tmp_path / "a"), *TINY]) == 0
+    assert main(["train", "--compare", "gca-uot-partition,iot-uni", "--n-iter", "2", "--robust", "scaling",
+                 "--out", str(tmp_path / "b"), *TINY]) == 0
+    a, b = ex.Comparison.load(tmp_path / "a"), ex.Comparison.load(tmp_path / "b")
+    both = ex.Comparison.combine(a, b)
+    assert both.names == ["infonce", "gca-uot-partition", "iot-uni"] and both.seeds == [0, 1]
+    diffs = both.differences()  # to the first loss, infonce
+    assert set(diffs) == {"gca-uot-partition", "iot-uni"}
+    stats = diffs["gca-uot-partition"]["linear_probe_acc"]
+    paired = [r.metrics.linear_probe_acc - a.runs[i].metrics.linear_probe_acc for i, r in enumerate(b.runs[:2])]
+    assert stats["mean"] == pytest.approx(sum(paired) / 2, abs=1e-9)
+    recorded = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert recorded["runs"][0]["name"] == "gca-uot-partition"
+    with pytest.raises(ValueError, match="appear twice"):
+        ex.Comparison.combine(a, a)
+    with pytest.raises(ValueError, match="seeds"):
+        ex.Comparison.combine(a, ex.Comparison(b.config, [0], b.runs[:1]))
+    with pytest.raises(ValueError, match="configurations differ"):
+        ex.Comparison.combine(a, ex.Comparison(b.config.replace(epochs=2), b.seeds, b.runs))
