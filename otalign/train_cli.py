@@ -50,6 +50,7 @@ def add_train_parser(sub) -> None:
     g.add_argument("--r1", type=float, default=defaults.r1, help="GCA-UOT weight of the KL term")
     g.add_argument("--r2", type=float, default=defaults.r2, help="GCA-UOT weight of the robust term")
     g.add_argument("--robust", default=defaults.robust, help="form of the robust term: scaling or partition")
+    g.add_argument("--lam-scale", default=defaults.lam_scale, help="scale of --lam: otalign or authors")
     g.add_argument("--readout", default=defaults.readout, help="plan read by the KL term: renormalised or raw")
     g.add_argument("--lambda-p", type=float, default=defaults.lambda_p, help="IOT-uni weight of the uniformity term")
     t = p.add_argument_group("training (see TrainConfig)")
@@ -85,7 +86,7 @@ def _params(args: argparse.Namespace):
     from .experiments.losses import LossParams
 
     return LossParams(epsilon=args.epsilon, n_iter=args.n_iter, q=args.q, lam=args.lam, rho=args.rho, r1=args.r1, r2=args.r2,
-                      robust=args.robust, readout=args.readout, lambda_p=args.lambda_p)
+                      robust=args.robust, lam_scale=args.lam_scale, readout=args.readout, lambda_p=args.lambda_p)
 
 
 def _train(args: argparse.Namespace) -> int:

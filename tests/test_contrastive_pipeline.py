@@ -14,7 +14,7 @@ TINY = ["--epochs", "1", "--subset", "128", "--batch-size", "64", "--no-progress
 def test_two_processes_combine_into_one_paired_comparison(tmp_path, capsys):
     assert main(["train", "--compare", "infonce", "--out", str(tmp_path / "a"), *TINY]) == 0
     assert main(["train", "--compare", "gca-uot-partition,iot-uni", "--n-iter", "2", "--robust", "scaling",
-                 "--out", str(tmp_path / "b"), *TINY]) == 0
+                 "--lam-scale", "authors", "--out", str(tmp_path / "b"), *TINY]) == 0
     a, b = ex.Comparison.load(tmp_path / "a"), ex.Comparison.load(tmp_path / "b")
     both = ex.Comparison.combine(a, b)
     assert both.names == ["infonce", "gca-uot-partition", "iot-uni"] and both.seeds == [0, 1]
@@ -31,3 +31,15 @@ def test_two_processes_combine_into_one_paired_comparison(tmp_path, capsys):
         ex.Comparison.combine(a, ex.Comparison(b.config, [0], b.runs[:1]))
     with pytest.raises(ValueError, match="configurations differ"):
         ex.Comparison.combine(a, ex.Comparison(b.config.replace(epochs=2), b.seeds, b.runs))
+
+
+def test_named_losses_take_the_new_options():
+    p = ex.LossParams(epsilon=0.3, n_iter=3, robust="partition", lam_scale="authors", readout="raw", lambda_p=0.4)
+    uot = ex.loss_factory("gca-uot", p)()
+    robust = uot.divergence.parts()[1][1]
+    assert (robust.form, robust.lam_scale, uot.readout) == ("partition", "authors", "raw")
+    assert ex.loss_factory("gca-uot-scaling", p)().divergence.parts()[1][1].form == "scaling"
+    assert ex.loss_factory("iot-uni", p)().lambda_p == 0.4
+    assert ex.loss_factory("rince", p)().divergence.lam_scale == "authors"
+    with pytest.raises(ValueError, match="lam_scale="):
+        ex.loss_factory("gca-rince", ex.LossParams(lam_scale="paper"))

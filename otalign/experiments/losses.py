@@ -4,10 +4,10 @@
 name                     loss (``otalign.contrastive``)
 =======================  ========================================================================
 ``infonce``              ``InfoNCE(epsilon)``
-``rince``                ``RINCE(epsilon, q, lam)``
+``rince``                ``RINCE(epsilon, q, lam, lam_scale)``
 ``gca-infonce``          ``GCAInfoNCE(epsilon, n_iter, readout)``
-``gca-rince``            ``GCARINCE(epsilon, n_iter, q, lam, robust)``
-``gca-uot``              ``GCAUOT(epsilon, n_iter, rho, lam, q, r1, r2, robust, readout)``
+``gca-rince``            ``GCARINCE(epsilon, n_iter, q, lam, robust, lam_scale)``
+``gca-uot``              ``GCAUOT(epsilon, n_iter, rho, lam, q, r1, r2, robust, lam_scale, readout)``
 ``gca-uot-scaling``      ``gca-uot`` with ``robust="scaling"`` (whatever ``robust`` says)
 ``gca-uot-partition``    ``gca-uot`` with ``robust="partition"``
 ``iot``                  ``IOT(epsilon, n_iter, readout)``
@@ -38,7 +38,7 @@ class LossParams:
 
     Defaults follow the GCA authors' code: epsilon 0.5, 10 iterations, q 0.6, lam 0.01, rho 0.2,
     r1 = r2 = 1, IOT-uni's lambda_p 0.2; ``robust`` is :data:`otalign.contrastive.DEFAULT_ROBUST`,
-    ``readout`` the row-renormalised plan.
+    ``lam`` on otalign's scale, ``readout`` the row-renormalised plan.
     """
 
     epsilon: float = 0.5
@@ -49,6 +49,7 @@ class LossParams:
     r1: float = 1.0
     r2: float = 1.0
     robust: str = cl.DEFAULT_ROBUST
+    lam_scale: str = "otalign"
     readout: str = "renormalised"
     lambda_p: float = 0.2
 
@@ -64,18 +65,18 @@ def _build(name: str, p: LossParams, target: Optional[cl.Target]) -> nn.Module:
     if name == "infonce":
         return cl.InfoNCE(p.epsilon, **kw)
     if name == "rince":
-        return cl.RINCE(p.epsilon, q=p.q, lam=p.lam, **kw)
+        return cl.RINCE(p.epsilon, q=p.q, lam=p.lam, lam_scale=p.lam_scale, **kw)
     if name == "gca-infonce":
         return cl.GCAInfoNCE(p.epsilon, p.n_iter, readout=p.readout, **kw)
     if name == "gca-rince":
-        return cl.GCARINCE(p.epsilon, p.n_iter, q=p.q, lam=p.lam, robust=p.robust, **kw)
+        return cl.GCARINCE(p.epsilon, p.n_iter, q=p.q, lam=p.lam, robust=p.robust, lam_scale=p.lam_scale, **kw)
     if name == "iot":
         return cl.IOT(p.epsilon, p.n_iter, readout=p.readout, **kw)
     if name == "iot-uni":
         return cl.IOTUni(p.epsilon, p.n_iter, lambda_p=p.lambda_p, readout=p.readout, **kw)
     robust = {"gca-uot-scaling": "scaling", "gca-uot-partition": "partition"}.get(name, p.robust)
     return cl.GCAUOT(p.epsilon, p.n_iter, rho=p.rho, lam=p.lam, q=p.q, r1=p.r1, r2=p.r2, robust=robust,
-                     readout=p.readout, **kw)
+                     lam_scale=p.lam_scale, readout=p.readout, **kw)
 
 
 def loss_factory(name: str, params: Optional[LossParams] = None) -> Callable[[], nn.Module]:
