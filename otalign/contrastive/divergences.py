@@ -311,8 +311,10 @@ class Robust(Divergence):
 
     Args:
         q, lam: RINCE's exponent and weight of the negative term.
-        form: ``"scaling"`` (``(lam / u_i)^q / q``, the GCA authors' form) or ``"partition"``
-            (``(lam sum_j K_ij v_j)^q / q``); see the module docstring.
+        form: ``"partition"`` (default, ``(lam sum_j K_ij v_j)^q / q``) or ``"scaling"``
+            (``(lam / u_i)^q / q``, the GCA authors' form); see the module docstring. With
+            ``lam`` on otalign's scale the scaling form's push on the negatives is too weak to
+            prevent a collapse of the embeddings (``docs/experiments.md``).
         lam_scale: ``"otalign"`` (unit marginals, scalings started from ``v = 1``: ``lam`` weighs
             a row mass of order 1) or ``"authors"`` (the whole term evaluated on the GCA authors'
             normalisation, marginals ``1/N`` and ``v`` started at ``1/N``, so that their ``lam`` and
@@ -323,7 +325,7 @@ class Robust(Divergence):
 
     name = "robust"
 
-    def __init__(self, q: float = 0.6, lam: float = 0.01, *, form: str = "scaling", lam_scale: str = "otalign") -> None:
+    def __init__(self, q: float = 0.6, lam: float = 0.01, *, form: str = "partition", lam_scale: str = "otalign") -> None:
         self.q = check_real("q", q, low=F32_TINY, high=1.0,
                             expected="a number in (0, 1] (RINCE's exponent; at least 1.2e-38, a normal float32)")
         self.lam = check_real("lam", lam, low=0.0, low_open=True,

@@ -35,7 +35,7 @@ __all__ = ["GCALoss", "InfoNCE", "RINCE", "GCAInfoNCE", "GCARINCE", "GCAUOT", "I
 
 #: Default form of the robust term of GCARINCE and GCAUOT (chosen by the measurements in
 #: docs/experiments.md, "The robust term's form").
-DEFAULT_ROBUST = "scaling"
+DEFAULT_ROBUST = "partition"
 
 
 def _check_views(z_a: Any, z_b: Any) -> None:
@@ -195,9 +195,9 @@ class GCAInfoNCE(GCALoss):
 class GCARINCE(GCALoss):
     """GCA-RINCE: the RINCE term after ``n_iter`` balanced Sinkhorn sweeps.
 
-    ``robust``: ``"scaling"`` (``(lam / u_i)^q / q``, the poster's formula) or ``"partition"``
-    (``(lam sum_j K_ij v_j)^q / q``); ``lam_scale``: ``"otalign"`` or ``"authors"`` (see
-    :class:`~otalign.contrastive.divergences.Robust`).
+    ``robust``: ``"partition"`` (default, ``(lam sum_j K_ij v_j)^q / q``) or ``"scaling"``
+    (``(lam / u_i)^q / q``, the poster's formula); ``lam_scale``: ``"otalign"`` or ``"authors"``
+    (see :class:`~otalign.contrastive.divergences.Robust`).
     """
 
     def __init__(self, epsilon: float = 0.5, n_iter: int = 10, q: float = 0.6, lam: float = 0.01, *,
@@ -215,10 +215,12 @@ class GCAUOT(GCALoss):
     a number or a pair). ``rho -> inf`` gives ``r1 GCAInfoNCE + r2 GCARINCE``; ``rho -> 0`` gives
     ``r1 InfoNCE + r2 RINCE``.
 
-    ``robust``: ``"scaling"`` (``(lam / u_i)^q / q`` with ``u = (1 / (K v))^(rho/(rho+eps))``,
-    the GCA authors' code) or ``"partition"`` (``(lam sum_j K_ij v_j)^q / q``); ``lam_scale``:
-    ``"otalign"`` or ``"authors"`` (the robust term on the authors' scale: marginals ``1/N``,
-    ``v`` started at ``1/N``). :meth:`from_authors_config` reads the authors' YAML.
+    ``robust``: ``"partition"`` (default, ``(lam sum_j K_ij v_j)^q / q``) or ``"scaling"``
+    (``(lam / u_i)^q / q`` with ``u = (1 / (K v))^(rho/(rho+eps))``, the GCA authors' code; with
+    ``lam`` on otalign's scale it collapses the embeddings, see ``docs/experiments.md``);
+    ``lam_scale``: ``"otalign"`` or ``"authors"`` (the robust term on the authors' scale:
+    marginals ``1/N``, ``v`` started at ``1/N``). :meth:`from_authors_config` reads the
+    authors' YAML.
     """
 
     def __init__(
