@@ -27,10 +27,15 @@ def test_two_processes_combine_into_one_paired_comparison(tmp_path, capsys):
     assert recorded["runs"][0]["name"] == "gca-uot-partition"
     with pytest.raises(ValueError, match="appear twice"):
         ex.Comparison.combine(a, a)
-    with pytest.raises(ValueError, match="seeds"):
-        ex.Comparison.combine(a, ex.Comparison(b.config, [0], b.runs[:1]))
     with pytest.raises(ValueError, match="configurations differ"):
         ex.Comparison.combine(a, ex.Comparison(b.config.replace(epochs=2), b.seeds, b.runs))
+    # one process per seed (what make demo does): losses in order, seeds the union
+    seed0 = ex.Comparison(a.config, [0], [a.runs[0], b.runs[0]])
+    seed1 = ex.Comparison(a.config, [1], [a.runs[1], b.runs[1]])
+    by_seed = ex.Comparison.combine(seed0, seed1)
+    assert by_seed.seeds == [0, 1] and by_seed.names == ["infonce", "gca-uot-partition"]
+    assert by_seed.differences()["gca-uot-partition"]["linear_probe_acc"]["mean"] == pytest.approx(
+        stats["mean"], abs=1e-12)
 
 
 def test_named_losses_take_the_new_options():
