@@ -25,8 +25,10 @@ def close_views(B, D, noise, seed, dtype=torch.float32):
 
 
 def magnitude(loss, z_a, z_b):
-    """``sum_k |w_k| mean_i |term_ki|`` in float64: the size of the summands of the loss (its
-    value when nothing cancels), the scale that rounding errors are relative to."""
+    """The size of the loss's summands in float64 (its value when nothing cancels): ``|w| mean_i
+    |term_i|`` for the plain terms, and for a robust term ``(e^{q b} - e^{q a}) / q``, held as
+    ``e^{q max(a, b)} x inner``, the size ``e^{q max(a, b)} / q`` of its larger summand. Rounding
+    errors are relative to it, and gradients scale with it (times ``1 / epsilon``)."""
     z_a, z_b = z_a.double(), z_b.double()
     view, _ = cl.learned_plan(cl.views_cost(z_a, z_b, loss.layout, loss.cost), epsilon=loss.epsilon,
                               n_iter=loss.n_iter, constraints=loss.constraints, layout=loss.layout,
@@ -35,16 +37,21 @@ def magnitude(loss, z_a, z_b):
     target = TargetPlan(lambda: loss.target.matrix(B, loss.layout, dtype=torch.float64),
                         partner_index(B, loss.layout) if loss.target.is_paired else None)
     total = 0.0
-    for term in loss.divergence.terms(view, target).values():
-        for inner, log_scale in term.parts:
-            total += float((torch.exp(log_scale) * inner).abs().mean())
+    for weight, divergence in loss.divergence.parts():
+        for term in divergence.terms(view, target).values():
+            for inner, log_scale in term.parts:
+                if isinstance(divergence, cl.Robust):
+                    total += abs(weight) * float(torch.exp(log_scale).mean()) / divergence.q
+                else:
+                    total += abs(weight) * float((torch.exp(log_scale) * inner).abs().mean())
     return total
 
 
 def check_float32_follows_float64(loss, z_a, z_b, rel=1e-4):
     """The property of issue 15: never NaN; where the float64 value is representable in float32,
-    the float32 value and gradient are finite and the value agrees to ``rel`` of the summands'
-    size; beyond float32's range, ``+-inf`` with the float64 value's sign."""
+    the float32 value is finite and agrees to ``rel`` of the summands' size, and the gradient is
+    finite wherever it is representable (summands / epsilon below 1e30); beyond float32's range,
+    ``+-inf`` with the float64 value's sign."""
     a = z_a.float().clone().requires_grad_(True)
     b = z_b.float().clone().requires_grad_(True)
     v32 = loss(a, b)
@@ -60,7 +67,7 @@ def check_float32_follows_float64(loss, z_a, z_b, rel=1e-4):
     scale = magnitude(loss, z_a, z_b)
     if scale >= F32_TINY:  # below float32's normal range the summands themselves are not representable
         assert abs(float(v32) - v64) <= rel * scale, (float(v32), v64, scale)
-    if abs(v64) < 1e30:  # gradients of order loss / epsilon stay representable
+    if scale / loss.epsilon < 1e30:  # the gradient is of order summands / epsilon
         v32.backward()
         assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
 
@@ -128,6 +135,23 @@ def test_below_epsilon_001_float32_views_are_computed_in_float64():
     value = loss(z_a, z_b)
     assert value.dtype == torch.float32
     assert float(value) == pytest.approx(float(loss(z_a.double(), z_b.double())), rel=1e-7)
+
+
+def test_an_exactly_vanishing_robust_term_at_the_edge_of_the_range_is_zero_not_nan():
+    """B = 1, identical views, lam = 1: the scaling form's two factors are equal (b - a = 0) while
+    e^(q a) is e^100 (eps 1e-2: beyond float32) or e^1000 (eps 1e-3: beyond float64). The loss is
+    0; exp(log(max)) rounds up to inf, so clamping there made inf * 0 = NaN (found by the
+    property test below). (Its gradient, e^(q a) times the gradient of b - a, is 0 here only
+    because b - a vanishes identically; computing it cancels two e^(q a)-sized contributions,
+    which overflows unless e^(q a) / eps is representable: float64 at eps 1e-2.)"""
+    z = torch.randn(1, 1, generator=torch.Generator().manual_seed(0))
+    for eps in (1e-2, 1e-3):
+        for dtype in (torch.float32, torch.float64):
+            value = cl.GCARINCE(eps, 1, q=1.0, lam=1.0, robust="scaling")(z.to(dtype), z.to(dtype))
+            assert float(value) == 0.0
+    a, b = z.double().requires_grad_(True), z.double().clone().requires_grad_(True)
+    cl.GCARINCE(1e-2, 1, q=1.0, lam=1.0, robust="scaling")(a, b).backward()
+    assert float(a.grad) == 0.0 and float(b.grad) == 0.0
 
 
 def test_gradients_are_finite_for_a_batch_of_one():

@@ -97,7 +97,8 @@ class PlanView:
 
 # ---------------------------------------------------------------- overflow-safe per-anchor terms
 def _log_max(dtype: torch.dtype) -> float:
-    return math.log(torch.finfo(dtype).max)
+    """A log-magnitude whose ``exp`` is safely finite (``exp(log(max))`` rounds up to inf)."""
+    return math.log(torch.finfo(dtype).max) - 1.0
 
 
 def _exp_times(log_factor: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
