@@ -24,6 +24,7 @@ MAX_SEED = 2**63 - 1
 #: The model, its optimiser and the losses compute in float32: a hyper-parameter above this
 #: cannot be represented (torch raises on the conversion).
 FLOAT32_MAX = 3.4028234663852886e38
+F32_TINY = 1.1754943508222875e-38  # the smallest normal float32
 F32 = " (the model computes in float32)"
 #: Adam's first step is ``lr / (1 - 0.9)``, a float32 number.
 MAX_LR = 0.1 * FLOAT32_MAX
@@ -96,12 +97,20 @@ def add_train_parser(sub: Any) -> None:
     g.add_argument("--epsilon", type=real(1e-6, FLOAT32_MAX, note=F32), default=defaults.epsilon,
                    help="temperature = entropic strength, >= 1e-6 (float32 resolves |cost| / epsilon up to 8.4e6)")
     g.add_argument("--n-iter", type=integer(0, MAX_COUNT), default=defaults.n_iter, help="Sinkhorn iterations of the GCA losses (>= 0)")
-    g.add_argument("--q", type=real(0.0, 1.0, low_open=True), default=defaults.q, help="RINCE exponent q in (0, 1]")
+    g.add_argument("--q", type=real(F32_TINY, 1.0, note=" (a normal float32)"), default=defaults.q,
+                   help="RINCE exponent q in (0, 1] (at least 1.2e-38, a normal float32)")
     g.add_argument("--lam", type=real(0.0, FLOAT32_MAX, low_open=True, note=F32), default=defaults.lam, help="RINCE lambda > 0")
     g.add_argument("--rho", type=real(0.0, FLOAT32_MAX, low_open=True, allow_inf=True, note=F32), default=defaults.rho,
                    help="GCA-UOT marginal relaxation > 0 (inf = balanced)")
     g.add_argument("--r1", type=real(0.0, FLOAT32_MAX, note=F32), default=defaults.r1, help="GCA-UOT weight of the KL term (>= 0)")
     g.add_argument("--r2", type=real(0.0, FLOAT32_MAX, note=F32), default=defaults.r2, help="GCA-UOT weight of the robust term (>= 0)")
+    g.add_argument("--robust", default=defaults.robust, choices=("partition", "scaling"),
+                   help="form of the robust term (default partition; see docs/contrastive.md)")
+    g.add_argument("--lam-scale", default=defaults.lam_scale, choices=("otalign", "authors"), help="scale of --lam (default otalign)")
+    g.add_argument("--readout", default=defaults.readout, choices=("renormalised", "raw"),
+                   help="plan read by the KL term (default renormalised)")
+    g.add_argument("--lambda-p", type=real(0.0, FLOAT32_MAX, note=F32), default=defaults.lambda_p,
+                   help="IOT-uni weight of the uniformity term (>= 0)")
     t = p.add_argument_group("training (see TrainConfig)")
     t.add_argument("--dataset", default=None, choices=DATASETS, help="digits (default) or mnist1d")
     t.add_argument("--augmentation", default=None, choices=AUGMENTATION_PRESETS, help="standard (default) or extreme")
@@ -139,7 +148,8 @@ def _config(args: argparse.Namespace):
 def _params(args: argparse.Namespace):
     from .experiments.losses import LossParams
 
-    return LossParams(epsilon=args.epsilon, n_iter=args.n_iter, q=args.q, lam=args.lam, rho=args.rho, r1=args.r1, r2=args.r2)
+    return LossParams(epsilon=args.epsilon, n_iter=args.n_iter, q=args.q, lam=args.lam, rho=args.rho, r1=args.r1, r2=args.r2,
+                      robust=args.robust, lam_scale=args.lam_scale, readout=args.readout, lambda_p=args.lambda_p)
 
 
 def _check_combinations(args: argparse.Namespace) -> None:

@@ -128,6 +128,7 @@ ACCEPTS = {
         "--rho": _loss_params("rho"),
         "--r1": _loss_params("r1"),
         "--r2": _loss_params("r2"),
+        "--lambda-p": _loss_params("lambda_p"),
         "--epochs": _train_config("epochs"),
         "--batch-size": _train_config("batch_size"),
         "--lr": _train_config("lr"),

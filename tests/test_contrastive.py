@@ -35,27 +35,32 @@ def ntxent_reference(z_a, z_b, temperature):
 
 
 def scalings_reference(z_a, z_b, eps, n_iter, tau=1.0):
-    """``K = exp(cos/eps)`` with a zero diagonal, and the column scaling v after n_iter
-    (possibly KL-relaxed) Sinkhorn iterations from v = 1 (NumPy, kernel domain)."""
+    """``K = exp(cos/eps)`` with a zero diagonal, the column scaling v after n_iter (possibly
+    KL-relaxed) Sinkhorn iterations from v = 1, and the row scaling u of the last row step
+    (``1 / (K 1)`` for n_iter = 0) (NumPy, kernel domain)."""
     z = np.concatenate([z_a.numpy(), z_b.numpy()])
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     K = np.exp(z @ z.T / eps)
     np.fill_diagonal(K, 0.0)
     v = np.ones(len(z))
+    u = 1.0 / K.sum(1)
     for _ in range(n_iter):
         u = (1.0 / (K @ v)) ** tau
         v = (1.0 / (K.T @ u)) ** tau
-    return K, v
+    return K, v, u
 
 
-def terms_reference(K, v, q=0.6, lam=0.01):
+def terms_reference(K, v, q=0.6, lam=0.01, u=None):
+    """Mean KL and robust terms; the robust negative term is ``(lam / u_i)^q / q`` when ``u`` is
+    given (the scaling form), else ``(lam sum_j K_ij v_j)^q / q`` (the partition form)."""
     n = len(K)
     t = (np.arange(n) + n // 2) % n
     Kv = K * v[None, :]
     pos = Kv[np.arange(n), t]
     row = Kv.sum(1)
     kl = -np.log(pos / row)
-    robust = -pos ** q / q + (lam * row) ** q / q
+    neg = lam * row if u is None else lam / u
+    robust = -pos ** q / q + neg ** q / q
     return kl.mean(), robust.mean()
 
 
@@ -71,8 +76,10 @@ def test_infonce_equals_ntxent(temperature, B):
 
 def test_rince_formula_and_its_q_to_zero_limit():
     z_a, z_b = views()
-    K, v = scalings_reference(z_a, z_b, 0.4, 0)
-    assert float(cl.RINCE(0.4, q=0.6, lam=0.05)(z_a, z_b)) == pytest.approx(terms_reference(K, v, 0.6, 0.05)[1], abs=1e-10)
+    K, v, u = scalings_reference(z_a, z_b, 0.4, 0)
+    expected = terms_reference(K, v, 0.6, 0.05)[1]
+    assert terms_reference(K, v, 0.6, 0.05, u)[1] == pytest.approx(expected, abs=1e-12)  # one row step: forms agree
+    assert float(cl.RINCE(0.4, q=0.6, lam=0.05)(z_a, z_b)) == pytest.approx(expected, abs=1e-10)
     q = 1e-7
     rince = float(cl.RINCE(0.4, q=q, lam=0.05)(z_a, z_b))
     assert rince == pytest.approx(float(cl.InfoNCE(0.4)(z_a, z_b)) + math.log(0.05), abs=1e-5)
@@ -82,15 +89,21 @@ def test_rince_formula_and_its_q_to_zero_limit():
 def test_presets_match_references(n_iter):
     z_a, z_b = views(B=5, seed=n_iter)
     eps, q, lam = 0.3, 0.6, 0.01
-    K, v = scalings_reference(z_a, z_b, eps, n_iter)
-    kl, robust = terms_reference(K, v, q, lam)
+    K, v, u = scalings_reference(z_a, z_b, eps, n_iter)
+    kl, partition = terms_reference(K, v, q, lam)
+    _, scaling = terms_reference(K, v, q, lam, u)
     assert float(cl.GCAInfoNCE(eps, n_iter)(z_a, z_b)) == pytest.approx(kl, abs=1e-10)
-    assert float(cl.GCARINCE(eps, n_iter, q=q, lam=lam)(z_a, z_b)) == pytest.approx(robust, abs=1e-10)
+    assert float(cl.GCARINCE(eps, n_iter, q=q, lam=lam, robust="partition")(z_a, z_b)) == pytest.approx(partition, abs=1e-10)
+    assert float(cl.GCARINCE(eps, n_iter, q=q, lam=lam, robust="scaling")(z_a, z_b)) == pytest.approx(scaling, abs=1e-10)
     rho = 0.7
-    K, v = scalings_reference(z_a, z_b, eps, n_iter, tau=rho / (rho + eps))
-    kl, robust = terms_reference(K, v, q, lam)
-    got = cl.GCAUOT(eps, n_iter, rho=rho, lam=lam, q=q, r1=0.8, r2=0.3)(z_a, z_b)
-    assert float(got) == pytest.approx(0.8 * kl + 0.3 * robust, abs=1e-10)
+    K, v, u = scalings_reference(z_a, z_b, eps, n_iter, tau=rho / (rho + eps))
+    kl, partition = terms_reference(K, v, q, lam)
+    _, scaling = terms_reference(K, v, q, lam, u)
+    got = cl.GCAUOT(eps, n_iter, rho=rho, lam=lam, q=q, r1=0.8, r2=0.3, robust="partition")(z_a, z_b)
+    assert float(got) == pytest.approx(0.8 * kl + 0.3 * partition, abs=1e-10)
+    got = cl.GCAUOT(eps, n_iter, rho=rho, lam=lam, q=q, r1=0.8, r2=0.3, robust="scaling")(z_a, z_b)
+    assert float(got) == pytest.approx(0.8 * kl + 0.3 * scaling, abs=1e-10)
+    assert abs(scaling - partition) > 1e-3  # the forms differ for finite rho
 
 
 def test_gca_infonce_never_exceeds_infonce():
@@ -107,16 +120,22 @@ def test_gca_infonce_never_exceeds_infonce():
                 previous = value
 
 
-def test_gca_uot_limits_of_rho():
+@pytest.mark.parametrize("robust", ["scaling", "partition"])
+def test_gca_uot_limits_of_rho(robust):
     z_a, z_b = views(seed=3)
-    eps, n_iter, r1, r2 = 0.4, 6, 0.7, 0.2
-    hard = r1 * cl.GCAInfoNCE(eps, n_iter)(z_a, z_b) + r2 * cl.GCARINCE(eps, n_iter)(z_a, z_b)
-    soft = r1 * cl.InfoNCE(eps)(z_a, z_b) + r2 * cl.RINCE(eps)(z_a, z_b)
-    big = cl.GCAUOT(eps, n_iter, rho=1e9, r1=r1, r2=r2)(z_a, z_b)
-    small = cl.GCAUOT(eps, n_iter, rho=1e-9, r1=r1, r2=r2)(z_a, z_b)
+    eps, n_iter, r1, r2, q, lam = 0.4, 6, 0.7, 0.2, 0.6, 0.01
+    hard = r1 * cl.GCAInfoNCE(eps, n_iter)(z_a, z_b) + r2 * cl.GCARINCE(eps, n_iter, robust=robust)(z_a, z_b)
+    big = cl.GCAUOT(eps, n_iter, rho=1e9, r1=r1, r2=r2, robust=robust)(z_a, z_b)
+    small = cl.GCAUOT(eps, n_iter, rho=1e-9, r1=r1, r2=r2, robust=robust)(z_a, z_b)
     assert float(big) == pytest.approx(float(hard), abs=1e-6)
+    if robust == "partition":  # rho -> 0: no projection, the plan is the kernel
+        soft = r1 * cl.InfoNCE(eps)(z_a, z_b) + r2 * cl.RINCE(eps)(z_a, z_b)
+    else:  # u -> 1: the negative term tends to the constant lam^q / q
+        K, v, _ = scalings_reference(z_a, z_b, eps, 0)
+        pos = K[np.arange(12), (np.arange(12) + 6) % 12]
+        soft = r1 * float(cl.InfoNCE(eps)(z_a, z_b)) + r2 * float(np.mean(-pos ** q / q) + lam ** q / q)
     assert float(small) == pytest.approx(float(soft), abs=1e-6)
-    exact = cl.GCAUOT(eps, n_iter, rho=math.inf, r1=r1, r2=r2)(z_a, z_b)
+    exact = cl.GCAUOT(eps, n_iter, rho=math.inf, r1=r1, r2=r2, robust=robust)(z_a, z_b)
     assert float(exact) == pytest.approx(float(hard), abs=1e-12)
 
 
@@ -179,11 +198,13 @@ def test_a_solver_constraint_set_plugs_in_block_masses_between_domains():
 
 # ---------------------------------------------------------------- structure
 PRESETS = [
-    lambda **kw: cl.InfoNCE(0.3, **kw),
-    lambda **kw: cl.RINCE(0.3, **kw),
-    lambda **kw: cl.GCAInfoNCE(0.3, 5, **kw),
-    lambda **kw: cl.GCARINCE(0.3, 5, **kw),
-    lambda **kw: cl.GCAUOT(0.3, 5, **kw),
+    lambda eps=0.3, **kw: cl.InfoNCE(eps, **kw),
+    lambda eps=0.3, **kw: cl.RINCE(eps, **kw),
+    lambda eps=0.3, **kw: cl.GCAInfoNCE(eps, 5, **kw),
+    lambda eps=0.3, **kw: cl.GCARINCE(eps, 5, **kw),
+    lambda eps=0.3, **kw: cl.GCAUOT(eps, 5, **kw),
+    lambda eps=0.3, **kw: cl.GCAUOT(eps, 5, robust="partition", **kw),
+    lambda eps=0.3, **kw: cl.IOTUni(eps, 3, **kw),
 ]
 
 
@@ -237,7 +258,7 @@ def test_no_nan_at_small_epsilon_in_float32(make):
     g = torch.Generator().manual_seed(0)
     z_a = torch.randn(256, 64, generator=g, requires_grad=True)
     z_b = (z_a.detach() + 0.1 * torch.randn(256, 64, generator=g)).requires_grad_(True)
-    loss = type(make())(epsilon=0.02)  # the same preset at a small temperature
+    loss = make(0.02)  # the same preset at a small temperature
     value = loss(z_a, z_b)
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value)

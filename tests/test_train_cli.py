@@ -12,12 +12,19 @@ from otalign.cli import main
 
 def test_every_named_loss_is_the_contrastive_preset():
     expected = {"infonce": cl.InfoNCE, "rince": cl.RINCE, "gca-infonce": cl.GCAInfoNCE,
-                "gca-rince": cl.GCARINCE, "gca-uot": cl.GCAUOT}
+                "gca-rince": cl.GCARINCE, "gca-uot": cl.GCAUOT, "gca-uot-scaling": cl.GCAUOT,
+                "gca-uot-partition": cl.GCAUOT, "iot": cl.IOT, "iot-uni": cl.IOTUni}
     assert set(ex.LOSS_NAMES) == set(expected)
-    params = ex.LossParams(epsilon=0.3, n_iter=4, q=0.5, lam=0.02, rho=0.7, r1=0.6, r2=0.4)
+    params = ex.LossParams(epsilon=0.3, n_iter=4, q=0.5, lam=0.02, rho=0.7, r1=0.6, r2=0.4, robust="partition",
+                           lambda_p=0.3)
     z_a, z_b = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    uot = dict(rho=0.7, lam=0.02, q=0.5, r1=0.6, r2=0.4)
     direct = {"infonce": cl.InfoNCE(0.3), "rince": cl.RINCE(0.3, q=0.5, lam=0.02), "gca-infonce": cl.GCAInfoNCE(0.3, 4),
-              "gca-rince": cl.GCARINCE(0.3, 4, q=0.5, lam=0.02), "gca-uot": cl.GCAUOT(0.3, 4, rho=0.7, lam=0.02, q=0.5, r1=0.6, r2=0.4)}
+              "gca-rince": cl.GCARINCE(0.3, 4, q=0.5, lam=0.02, robust="partition"),
+              "gca-uot": cl.GCAUOT(0.3, 4, robust="partition", **uot),
+              "gca-uot-scaling": cl.GCAUOT(0.3, 4, robust="scaling", **uot),
+              "gca-uot-partition": cl.GCAUOT(0.3, 4, robust="partition", **uot),
+              "iot": cl.IOT(0.3, 4), "iot-uni": cl.IOTUni(0.3, 4, lambda_p=0.3)}
     for name in ex.LOSS_NAMES:
         loss = ex.loss_factory(name, params)()
         assert type(loss) is expected[name]
@@ -33,6 +40,10 @@ def test_bad_names_and_hyper_parameters_fail_before_training():
         ex.loss_factory("simclr")
     with pytest.raises(ValueError, match="q="):
         ex.loss_factory("rince", ex.LossParams(q=2.0))
+    with pytest.raises(ValueError, match="robust="):
+        ex.loss_factory("gca-uot", ex.LossParams(robust="rows"))
+    with pytest.raises(SystemExit):
+        main(["train", "--loss", "gca-uot", "--readout", "rows", "--epochs", "1"])
     with pytest.raises(SystemExit):
         main(["train", "--compare", "infonce,nope", "--epochs", "1"])
 

@@ -10,11 +10,13 @@ is view a of sample ``i`` and row ``i + B`` is view b of the same sample (its pa
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Target", "PairedViews", "DomainTarget", "LabelTarget", "CustomTarget", "partner_index"]
+from ._checks import check_real
+
+__all__ = ["Target", "TargetPlan", "PairedViews", "DomainTarget", "LabelTarget", "CustomTarget", "partner_index"]
 
 
 def partner_index(batch: int, layout: str, device=None) -> torch.Tensor:
@@ -41,6 +43,30 @@ def _check_annotation(name: str, value: Optional[torch.Tensor], batch: int) -> t
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"{name} has shape {shape}; expected ({batch},) (one entry per sample)")
     return value
+
+
+class TargetPlan:
+    """The target of one loss evaluation, as divergences read it: the ``(N, N)`` matrix ``T``
+    (built on first use) and, for a one-to-one target (paired views), ``partner``: ``(N,)`` the
+    column of each row's single positive, of weight 1 (None otherwise)."""
+
+    def __init__(self, build: Callable[[], torch.Tensor], partner: Optional[torch.Tensor] = None) -> None:
+        self._build = build
+        self._matrix: Optional[torch.Tensor] = None
+        self.partner = partner
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor) -> "TargetPlan":
+        """A target plan holding a given matrix."""
+        t = cls(lambda: matrix)
+        t._matrix = matrix
+        return t
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        if self._matrix is None:
+            self._matrix = self._build()
+        return self._matrix
 
 
 class Target:
@@ -92,10 +118,8 @@ class DomainTarget(Target):
     """
 
     def __init__(self, alpha: float, beta: float) -> None:
-        for name, v in (("alpha", alpha), ("beta", beta)):
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-                raise ValueError(f"{name}={v!r}; expected a finite number >= 0")
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.alpha, self.beta = (check_real(name, v, low=0.0, expected="a finite number >= 0")
+                                 for name, v in (("alpha", alpha), ("beta", beta)))
 
     def matrix(self, batch, layout, *, domains=None, labels=None, dtype=torch.float32, device=None):
         d = _per_row(_check_annotation("domains", domains, batch).to(device), layout)

@@ -160,6 +160,31 @@ class Comparison:
             runs=[RunResult.from_dict(r) for r in values["runs"]],
         )
 
+    @classmethod
+    def combine(cls, *comparisons: Comparison) -> Comparison:
+        """One comparison of runs made apart (e.g. in parallel processes: one loss, or one seed,
+        each). They must share every setting but ``output_dir``; a (loss, seed) pair may appear
+        once. Losses keep their order of first appearance (the first is the baseline of
+        :meth:`differences`, paired on the seeds both ran); the seeds are the union, in order."""
+        if not comparisons:
+            raise ValueError("combine() needs at least one comparison")
+        first = comparisons[0]
+        key = first.config.replace(output_dir=None)
+        seen: set[tuple[str, int]] = set()
+        seeds: list[int] = []
+        for c in comparisons:
+            if c.config.replace(output_dir=None) != key:
+                raise ValueError("the comparisons' configurations differ (beyond output_dir); expected one configuration")
+            pairs = {(r.name, r.config.seed) for r in c.runs}
+            if seen & pairs:
+                raise ValueError(f"runs {sorted(seen & pairs)} appear twice; expected each (loss, seed) once")
+            seen |= pairs
+            seeds += [s for s in c.seeds if s not in seeds]
+        runs = [r for c in comparisons for r in c.runs]
+        order = {name: i for i, name in enumerate(dict.fromkeys(r.name for r in runs))}
+        runs.sort(key=lambda r: order[r.name])  # stable: each loss's runs in the order given
+        return cls(config=first.config, seeds=seeds, runs=runs)
+
     def save(self, directory: Union[str, Path]) -> dict[str, Path]:
         """Write ``comparison.png`` (bar plot of the metrics), then ``comparison.json`` (config,
         summary, every run's record) to ``directory``, each atomically; returns their paths by
