@@ -211,7 +211,7 @@ def unbalanced_kkt_residual(plan: Any, a: Any, b: Any, cost: Any, epsilon: float
 
 
 def potential_marginals(
-    f: Any, g: Any, *, x: Any, y: Any, a: Any, b: Any, epsilon: float, tile: int = 512
+    f: Any, g: Any, *, x: Any, y: Any, a: Any, b: Any, epsilon: float, tile: Optional[int] = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row and column sums of ``P_ij = a_i b_j exp((f_i + g_j - |x_i - y_j|^2) / epsilon)``,
     streamed over tiles of rows in float64 (no ``n x m`` array; ``tile x m`` at a time).
@@ -220,7 +220,7 @@ def potential_marginals(
         f, g: ``(n,)``, ``(m,)`` potentials in cost units (any array type).
         x, y: ``(n, d)``, ``(m, d)`` points; the cost is ``|x_i - y_j|^2``.
         a, b: ``(n,)``, ``(m,)`` weights. epsilon: entropic strength.
-        tile: rows per tile.
+        tile: rows per tile (default: ``2^22 / m``, i.e. 32 MB float64 arrays).
 
     Returns:
         ``(P 1, P^T 1)`` as float64 NumPy arrays (``inf``/``nan`` where the potentials overflow).
@@ -231,6 +231,7 @@ def potential_marginals(
     log_b = torch.log(torch.as_tensor(to_numpy64(b)).reshape(-1))
     if f.shape != log_a.shape or g.shape != log_b.shape:
         raise ValueError(f"potentials of shapes {tuple(f.shape)}, {tuple(g.shape)}; expected {tuple(log_a.shape)}, {tuple(log_b.shape)}")
+    tile = tile if tile is not None else max(1, 2**22 // max(1, y.shape[0]))
     y2 = (y * y).sum(-1)
     col_terms = log_b + g / epsilon  # (m,)
     rows = torch.empty_like(f)
