@@ -45,7 +45,8 @@ def _small(kind: str, family: str = "clusters", n: int = 48, eps: float = 0.05, 
 
 
 @pytest.mark.parametrize("name", ["balanced-clusters-n1024-eps0.05", "unbalanced-clusters-n256-eps0.05",
-                                  "partial-images-g12-eps0.001", "unbalanced-images-g12-eps0.01"])
+                                  "partial-clusters-n256-eps0.05", "partial-images-g12-eps0.01",
+                                  "unbalanced-images-g12-eps0.01"])
 def test_real_use_problems_are_seeded_with_cost_range_and_masses(name):
     spec = _spec(name)
     p1, p2 = build_problem(spec), build_problem(spec)
@@ -59,6 +60,9 @@ def test_real_use_problems_are_seeded_with_cost_range_and_masses(name):
     assert float(p1.a64.sum()) == pytest.approx(1.0, abs=1e-14)
     target_mass = 1.2 if spec.kind == "unbalanced" else 1.0
     assert float(p1.b64.sum()) == pytest.approx(target_mass, abs=1e-14)
+    if spec.kind == "partial":  # capacities bind: the answer is not the scaled Gibbs kernel
+        ref = torch.as_tensor(reference_solution(build_problem(spec, dtype=torch.float64)).plan[0])
+        assert int(((ref.sum(1) - p1.a64[0]).abs() < 1e-9 * p1.a64[0]).sum()) >= spec.n // 10
     x, y = p1.points
     if spec.family == "clusters":  # the points are scaled so that the cost is |x - y|^2
         assert torch.allclose(cost, torch.cdist(x[0], y[0]) ** 2, atol=1e-12)
