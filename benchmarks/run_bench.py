@@ -9,8 +9,13 @@ See ``otalign bench --help`` and docs/benchmarks.md. Examples::
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from otalign.cli import main
+# the otalign of this checkout, not an installed one (this script's directory, not the checkout's
+# root, is first on sys.path when it runs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from otalign.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

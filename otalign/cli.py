@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark otalign against POT, GeomLoss and OTT-JAX on seeded problems; prints a "
         "table and writes OUT/bench.json and OUT/plots/<problem>.png. See docs/benchmarks.md.",
     )
-    bench.add_argument("--quick", action="store_true", help="small problems, few sweeps and repeats (under a minute on 2 CPU cores)")
+    bench.add_argument("--quick", action="store_true", help="small problems, few sweeps and repeats (under a minute on 2 idle CPU cores)")
     bench.add_argument("--problems", metavar="LIST", help="comma-separated name patterns, e.g. 'balanced-n256*,contrastive' (see --list)")
     bench.add_argument("--libraries", metavar="LIST", help="comma-separated 'library' or 'library:config' items, e.g. 'otalign,pot:sinkhorn_log'")
     bench.add_argument("--device", default=None, help="cpu (default), cuda, cuda:<index> or auto")
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=count, default=None, help="timed calls per median (default 5; quick 3)")
     bench.add_argument("--out", default=None, metavar="DIR", help="output directory (default results/bench)")
     bench.add_argument("--target", type=positive, default=None, help="error target of time-to-tolerance (default 1e-4)")
-    bench.add_argument("--iters", type=count, default=None, help="sweeps of the ms/iter measurement (default 100; quick 20)")
-    bench.add_argument("--max-iter", type=count, default=None, help="sweep cap of time-to-tolerance runs (default 2000; quick 300)")
+    bench.add_argument("--iters", type=count, default=None, help="sweeps of the ms/iter measurement (default: the problem's, 100 or 10 for point clouds; quick 20)")
+    bench.add_argument("--max-iter", type=count, default=None, help="sweep cap of time-to-tolerance runs (default: the problem's, 2000 or 200000; quick 300)")
     bench.add_argument("--budget", type=positive, default=None, metavar="SECONDS", help="time budget of each stage of one configuration on one problem (default 120; quick 2)")
     bench.add_argument("--threads", type=integer(1, available_cpus(), "a thread count"), default=None, help="CPU threads of torch and XLA during the run, at most the available cores (default: 1 on cpu, the libraries' own on cuda)")
     bench.add_argument("--check", action="store_true", help="only check every library's conventions against a float64 reference on tiny problems (float64 unless --dtype)")

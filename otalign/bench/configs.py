@@ -1,6 +1,6 @@
 """The otalign configurations that ``otalign bench`` runs: THE one place to declare them.
 
-Each entry maps a configuration name to the extra keyword arguments passed to
+``OTALIGN_CONFIGS`` maps a configuration name to the extra keyword arguments passed to
 :func:`otalign.solve` (on top of ``epsilon``, ``tol``, ``max_iter``, ``entropy`` and
 ``grad="none"``, which the benchmark sets). Adding a solver option to the benchmark is one line::
 
@@ -10,21 +10,31 @@ Each entry maps a configuration name to the extra keyword arguments passed to
         "anneal": {"anneal": 0.5},
     }
 
-Every configuration is run on every problem, appears in the JSON and the plots under
+Every configuration is run on every dense-cost problem, appears in the JSON and the plots under
 ``otalign:<name>``, and the table reports the best otalign configuration per measure (naming it).
 Select some on the command line with ``--libraries otalign:default,otalign:anneal``.
+
+``OTALIGN_POINTCLOUD_CONFIGS`` are the configurations of the point-cloud problems (issue 11):
+name -> ``{"backend": <otalign.geometry.PointCloud backend>, "solve": {extra ota.solve kwargs}}``.
+They run only where ``otalign.geometry`` exists (otherwise they are skipped with the notice
+"needs otalign.geometry").
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OTALIGN_CONFIGS"]
+__all__ = ["OTALIGN_CONFIGS", "OTALIGN_POINTCLOUD_CONFIGS"]
 
 OTALIGN_CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},  # log domain, switching to the stabilised kernel domain when it is safe
+    "default": {},  # the library's defaults, whatever they are at the time of the run
     "log": {"method": "log"},  # log domain only
     "overrelax": {"overrelax": "adaptive"},
-    "anneal": {"anneal": 0.5},
+    "anneal": {"anneal": 0.5},  # epsilon scaling
     "anneal+overrelax": {"anneal": 0.5, "overrelax": "adaptive"},
+}
+
+OTALIGN_POINTCLOUD_CONFIGS: dict[str, dict[str, Any]] = {
+    "online": {"backend": "online", "solve": {}},
+    "keops": {"backend": "keops", "solve": {}},
 }

@@ -10,9 +10,14 @@
    Tighter knobs never run fewer sweeps, so that run is the fastest one meeting the target. The
    sweep also stops when a run hits ``max_iter`` (every tighter one would too) or when the stage
    has used ``budget_s``; the record says why. No knob meeting the target = "not reached".
-3. **error-vs-iterations** (``mode="curve"``): one call per sweep count of ``curve_iters``
-   (tolerance out of reach), each timed once (after a compilation call for JAX) and measured, which
-   gives the error-vs-iterations and error-vs-time curves.
+3. **error-vs-iterations** (``mode="curve"``): one call per sweep count of ``curve_iters``, then of
+   ``curve_extend`` while the previous point's error is still above ``target`` (tolerance out of
+   reach), each timed once (after a compilation call for JAX) and measured, which gives the
+   error-vs-iterations and error-vs-time curves.
+
+Sweep caps and the ms/iter sweep count are per problem (``settings.max_iter_for(spec)``,
+``settings.fixed_iters_for(spec)``) unless the command line sets them. Point-cloud problems are
+measured from the returned potentials (:func:`otalign.bench.errors.measure_potentials`).
 
 Any exception in a configuration is recorded (``mode="error"``) and the run goes on.
 """
@@ -30,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .errors import Measured, marginal_l1, measure_plan, partial_violation, unbalanced_kkt_residual
+from .errors import Measured, marginal_l1, measure_plan, measure_potentials, partial_violation, unbalanced_kkt_residual
 from .problems import BenchProblem, build_problem
 from .reference import Reference, reference_solution
 from .runners import Runner, RunRecord, SolveOutput, make_runners
@@ -68,6 +73,13 @@ class BenchReport:
 
 def _measure(out: SolveOutput, problem: BenchProblem, ref: Reference) -> Measured:
     spec = problem.spec
+    if spec.lazy:
+        if out.potentials is None:
+            raise ValueError(f"a runner returned no potentials for the point-cloud problem {spec.name}")
+        x, y = problem.points
+        f, g = out.potentials
+        return measure_potentials(f, g, kind=spec.kind, x=x[0], y=y[0], a=problem.a64[0], b=problem.b64[0],
+                                  epsilon=spec.epsilon)
     return measure_plan(
         out.plan, kind=spec.kind, a=problem.a64, b=problem.b64, cost=problem.cost64, mass=spec.mass,
         reference_plan=ref.plan, reference_cost=ref.transport_cost,
@@ -104,10 +116,11 @@ def bench_configuration(
     records: list[RunRecord] = []
     prepared = runner.prepare(problem)
     budget = settings.budget_s
+    cap = settings.max_iter_for(spec)
 
     # 1. ms per sweep at a fixed sweep count ------------------------------------------------------
     stage("ms/iter")
-    K = max(settings.fixed_iters, runner.min_iters(prepared))
+    K = max(settings.fixed_iters_for(spec), runner.min_iters(prepared))
     call = runner.fixed(prepared, K)
     if runner.compiles:  # the first call compiles: memory is measured on a later one
         out, first = clock.time(call)
@@ -145,7 +158,7 @@ def bench_configuration(
     stage("to tol")
     spent = 0.0
     for knob in runner.knobs(spec):
-        call = runner.to_tolerance(prepared, knob, settings.max_iter)
+        call = runner.to_tolerance(prepared, knob, cap)
         first = None
         if _warm(runner, call):
             _, first = clock.time(call)
@@ -160,7 +173,7 @@ def bench_configuration(
                 out, t = clock.time(call)
                 times.append(t)
         spent += sum(times) + (first or 0.0)
-        capped = out.n_iters is not None and out.n_iters >= settings.max_iter
+        capped = out.n_iters is not None and out.n_iters >= cap
         status = "ok"
         if not met and capped:
             status = "stopped: max_iter reached"
@@ -182,9 +195,13 @@ def bench_configuration(
     # 3. error vs iterations ----------------------------------------------------------------------
     stage("curve")
     spent = 0.0
-    for k in settings.curve_iters:
-        if k < runner.min_iters(prepared) or k > settings.max_iter:
+    base_grid = tuple(settings.curve_iters)
+    for k in base_grid + tuple(k for k in settings.curve_extend if k > max(base_grid)):
+        if k < runner.min_iters(prepared) or k > cap:
             continue
+        if k > max(base_grid) and records[-1].mode == "curve" and records[-1].error is not None \
+                and records[-1].error <= settings.target:
+            break  # the extension runs only while the error is above the target
         call = runner.fixed(prepared, k)
         first = None
         if _warm(runner, call):
@@ -209,6 +226,8 @@ def bench_configuration(
 def _reference_quality(problem: BenchProblem, ref: Reference) -> dict[str, Any]:
     spec = problem.spec
     q: dict[str, Any] = {}
+    if spec.lazy:
+        return {"note": "point cloud: no reference (the error is the marginal error of the potentials)"}
     if spec.kind == "balanced":
         q["marginal_error"] = float(marginal_l1(ref.plan, problem.a64, problem.b64).max())
     elif spec.kind == "partial":
@@ -232,11 +251,12 @@ def _prime(runners: list[Runner], specs: list[Any], *, dtype: torch.dtype, devic
     (imports, backend start-up, thread pools) fall outside every measurement."""
     from .problems import ProblemSpec
 
-    kinds = {(s.kind, s.batched) for s in specs}
-    for kind, batched in sorted(kinds):
+    kinds = {(s.kind, s.batched, s.lazy) for s in specs}
+    for kind, batched, lazy in sorted(kinds):
         extra = {"rho": 0.5} if kind == "unbalanced" else {"mass": 0.8, "entropy": "shannon"} if kind == "partial" else {}
-        tiny = ProblemSpec(name=f"prime-{kind}", family="sphere", kind=kind, batch=2 if batched else 1, n=8, m=8,
-                           epsilon=0.5, dim=4, **extra)
+        family, dim, n = ("points", 3, 32) if lazy else ("clusters", 2, 16)
+        tiny = ProblemSpec(name=f"prime-{kind}", family=family, kind=kind, batch=2 if batched else 1, n=n, m=n,
+                           epsilon=0.5, dim=dim, default=not lazy, **extra)
         problem = build_problem(tiny, dtype=dtype, device=device)
         for runner in runners:
             if runner.supports(tiny) is not None:

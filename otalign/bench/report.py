@@ -82,6 +82,14 @@ def _config_value(measure: str, recs: list[RunRecord]) -> tuple[Optional[float],
     raise ValueError(f"unknown measure {measure!r}")
 
 
+def _fixed_sweeps(recs: list[RunRecord], settings: Any) -> str:
+    """The sweep count of a problem's ms/iter measurement (per problem: see the settings)."""
+    counts = sorted({int(r.knob_value) for r in recs if r.mode == "fixed" and r.knob_value is not None})
+    if not counts:
+        return "?" if settings.fixed_iters is None else str(settings.fixed_iters)
+    return "/".join(str(k) for k in counts)
+
+
 def summarize(report: BenchReport) -> list[dict[str, Any]]:
     """Per problem and measure: each library's best configuration and figure, and the ratio.
 
@@ -141,7 +149,7 @@ def summarize(report: BenchReport) -> list[dict[str, Any]]:
                 {
                     "problem": pname,
                     "measure": measure.key,
-                    "label": measure.label.format(target=settings.target, iters=settings.fixed_iters),
+                    "label": measure.label.format(target=settings.target, iters=_fixed_sweeps(recs, settings)),
                     "values": values,
                     "ratio": ratio,
                     "best_other": best_other,
@@ -175,7 +183,7 @@ def format_table(report: BenchReport, summary: Optional[list[dict[str, Any]]] = 
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     s = report.settings
     foot = (
-        f"{s.dtype} on {report.machine.get('device')}; ms/iter at {s.fixed_iters} sweeps, median of {s.repeats}; "
+        f"{s.dtype} on {report.machine.get('device')}; ms/iter over the sweeps named in 'error @K it', median of {s.repeats}; "
         f"errors measured independently in float64 (balanced: L1 marginal error; unbalanced/partial: "
         f"||P - P*||_1 to a float64 reference); ratio < 1: otalign is faster / smaller."
     )
@@ -236,10 +244,10 @@ def plot_problem(report: BenchReport, problem: str, path: Path) -> Optional[Path
     kind = meta["spec"]["kind"]
     ylabel = "L1 marginal error" if kind == "balanced" else "||P - P*||_1"
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(14, 4.8))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     names = sorted(set(series) | set(tol_points))
     for i, name in enumerate(names):
-        color = cmap(i % 10)
+        color = cmap(i % 20)
         pts = sorted(series.get(name, []), key=lambda r: (r.n_iters or r.knob_value or 0))
         if pts:
             its = [r.n_iters if r.n_iters is not None else r.knob_value for r in pts]

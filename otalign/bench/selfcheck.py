@@ -8,15 +8,15 @@ GPU, see ``benchmarks/gpu_check.sh``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional, Sequence
 
 import torch
 
-from .errors import measure_plan
-from .problems import ProblemSpec, build_problem
+from .errors import measure_plan, to_numpy64
+from .problems import BenchProblem, ProblemSpec, build_problem
 from .reference import reference_solution
-from .runners import RUNNERS, Runner, make_runners, parse_libraries
+from .runners import RUNNERS, Runner, SolveOutput, make_runners, parse_libraries
 
 __all__ = ["ConventionCheck", "check_specs", "check_conventions", "format_checks", "FLOAT32_TOL"]
 
@@ -50,7 +50,9 @@ class ConventionCheck:
 
 
 def check_specs(n: int = 32, batch: int = 3, epsilon: float = 0.1) -> list[ProblemSpec]:
-    """Tiny problems of every kind, single and batched (points in R^8, so costs spread out)."""
+    """Tiny problems of every kind, single and batched (points in R^8, so costs spread out), one
+    with the real-use families' non-uniform weights and unequal masses per kind, and one point
+    cloud (for the online configurations)."""
     specs = []
     for kind, extra in (
         ("balanced", {"entropy": "kl"}),
@@ -64,7 +66,37 @@ def check_specs(n: int = 32, batch: int = 3, epsilon: float = 0.1) -> list[Probl
                     epsilon=epsilon, dim=8, seed=3, **extra,
                 )
             )
+        real = dict(extra, b_mass=1.2) if kind == "unbalanced" else extra
+        specs.append(
+            ProblemSpec(
+                name=f"check-{kind}-clusters-n{n}", family="clusters", kind=kind, batch=1, n=n, m=n + 3,
+                epsilon=epsilon, dim=2, seed=3, **real,
+            )
+        )
+    specs.append(
+        ProblemSpec(
+            name=f"check-points-n{n}", family="points", kind="balanced", batch=1, n=n, m=n + 3, epsilon=epsilon,
+            dim=3, seed=3, default=False, entropy="kl",
+        )
+    )
     return specs
+
+
+def dense_twin(problem: BenchProblem) -> BenchProblem:
+    """A point-cloud problem with its dense cost ``|x - y|^2`` built (tiny problems only), so that
+    a reference plan can be computed for it."""
+    x, y = problem.points
+    cost64 = ((x[:, :, None, :] - y[:, None, :, :]) ** 2).sum(-1)
+    return BenchProblem(spec=replace(problem.spec, family="clusters", default=True), cost=cost64.to(problem.a),
+                        a=problem.a, b=problem.b, cost64=cost64, a64=problem.a64, b64=problem.b64, points=problem.points)
+
+
+def plan_from_potentials(out: SolveOutput, problem: BenchProblem) -> torch.Tensor:
+    """``(1, n, m)`` plan ``a_i b_j exp((f_i + g_j - C_ij) / eps)`` of a point-cloud answer (tiny problems)."""
+    assert out.potentials is not None and problem.cost64 is not None
+    f, g = (torch.as_tensor(to_numpy64(t)).reshape(-1) for t in out.potentials)
+    eps = problem.spec.epsilon
+    return (problem.a64[0][:, None] * problem.b64[0][None, :] * torch.exp((f[:, None] + g[None, :] - problem.cost64[0]) / eps))[None]
 
 
 def check_conventions(
@@ -92,7 +124,8 @@ def check_conventions(
     ]
     for spec in specs or check_specs():
         problem = build_problem(spec, dtype=dtype, device=device)
-        ref = reference_solution(problem)
+        dense = dense_twin(problem) if spec.lazy else problem
+        ref = reference_solution(dense)
         for runner in runners:
             tol = float(runner.check_tol) if dtype == torch.float64 else max(float(runner.check_tol), FLOAT32_TOL)
             if (reason := runner.supports(spec)) is not None:
@@ -100,8 +133,9 @@ def check_conventions(
                 continue
             try:
                 out = _tight(runner, problem)
+                plan = plan_from_potentials(out, dense) if spec.lazy else out.plan
                 m = measure_plan(
-                    out.plan, kind=spec.kind, a=problem.a64, b=problem.b64, cost=problem.cost64,
+                    plan, kind=spec.kind, a=dense.a64, b=dense.b64, cost=dense.cost64,
                     mass=spec.mass, reference_plan=ref.plan,
                 )
                 ok = m.plan_error <= tol
@@ -119,8 +153,8 @@ def _tight(runner: Runner, problem: Any) -> Any:
 
 def format_checks(results: Sequence[ConventionCheck]) -> str:
     """A small table of the checks."""
-    lines = [f"{'problem':24s} {'runner':30s} {'||P-P*||_1':>11s} {'tolerance':>10s}  status"]
+    lines = [f"{'problem':30s} {'runner':30s} {'||P-P*||_1':>11s} {'tolerance':>10s}  status"]
     for r in results:
         pe = "-" if r.plan_error is None else f"{r.plan_error:.2e}"
-        lines.append(f"{r.problem:24s} {r.runner:30s} {pe:>11s} {r.tolerance:10.1e}  {r.status}")
+        lines.append(f"{r.problem:30s} {r.runner:30s} {pe:>11s} {r.tolerance:10.1e}  {r.status}")
     return "\n".join(lines)

@@ -11,9 +11,11 @@ import torch
 from .problems import ProblemSpec, quick_problems, select_problems
 from .runners import parse_libraries
 
-__all__ = ["BenchSettings", "DTYPES"]
+__all__ = ["BenchSettings", "DTYPES", "FIXED_ITERS"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+#: sweeps of the ms/iter measurement unless the problem or ``--iters`` says otherwise
+FIXED_ITERS = 100
 
 
 @dataclass
@@ -30,9 +32,14 @@ class BenchSettings:
         out: output directory (JSON, plots, reference cache).
         quick: the short preset (small problems, fewer sweeps and repeats).
         target: L1 error target of time-to-tolerance (see :mod:`otalign.bench.errors`).
-        fixed_iters: sweep count of the ms-per-sweep measurement.
-        curve_iters: sweep counts of the error-vs-iterations grid.
-        max_iter: cap on sweeps in time-to-tolerance runs (and on the grid).
+        fixed_iters: sweep count of the ms-per-sweep measurement (None: the problem's own,
+            ``spec.fixed_iters``, else :data:`FIXED_ITERS`).
+        curve_iters: sweep counts of the error-vs-iterations grid (always run).
+        curve_extend: further sweep counts of the grid, run in order only while the previous
+            point's error is still above ``target`` (the slow problems' curves reach the target).
+        max_iter: cap on sweeps in time-to-tolerance runs (and on the grid); None: the
+            problem's own (``spec.max_iter``: 2,000 for the sphere and contrastive problems,
+            200,000 for the real-use ones, where ``budget_s`` is the practical limit).
         budget_s: seconds after which a stage (repeats, tolerance sweep, grid) of one
             configuration on one problem stops early (recorded in the JSON).
         reference_device: where the float64 references are computed (default: ``device``).
@@ -50,9 +57,10 @@ class BenchSettings:
     out: str = "results/bench"
     quick: bool = False
     target: float = 1e-4
-    fixed_iters: int = 100
+    fixed_iters: Optional[int] = None
     curve_iters: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
-    max_iter: int = 2000
+    curve_extend: tuple[int, ...] = (500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 200_000)
+    max_iter: Optional[int] = None
     budget_s: float = 120.0
     reference_device: Optional[str] = None
     threads: Optional[int] = None
@@ -67,7 +75,8 @@ class BenchSettings:
         base = cls(quick=quick)
         if quick:
             base = replace(
-                base, repeats=3, fixed_iters=20, curve_iters=(5, 20, 50), max_iter=300, budget_s=2.0,
+                base, repeats=3, fixed_iters=20, curve_iters=(5, 20, 50), curve_extend=(200,),
+                max_iter=300, budget_s=2.0,
             )
         unknown = set(given) - {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
         if unknown:
@@ -83,6 +92,8 @@ class BenchSettings:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {', '.join(DTYPES)}")
         for name in ("repeats", "fixed_iters", "max_iter"):
             value = getattr(self, name)
+            if name != "repeats" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}; expected an integer >= 1")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
@@ -95,6 +106,8 @@ class BenchSettings:
             isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.curve_iters
         ):
             raise ValueError(f"curve_iters={self.curve_iters!r}; expected positive integers")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.curve_extend):
+            raise ValueError(f"curve_extend={self.curve_extend!r}; expected positive integers")
         if not str(self.out).strip():
             raise ValueError("out is empty; expected a directory path")
         self._resolved["device"] = self._device(self.device, "device")
@@ -147,6 +160,16 @@ class BenchSettings:
             return self.threads
         return 1 if self.torch_device.type == "cpu" else None
 
+    def max_iter_for(self, spec: ProblemSpec) -> int:
+        """Sweep cap of ``spec``'s time-to-tolerance runs and grid: ``--max-iter`` or the problem's."""
+        return self.max_iter if self.max_iter is not None else spec.max_iter
+
+    def fixed_iters_for(self, spec: ProblemSpec) -> int:
+        """Sweeps of ``spec``'s ms/iter measurement: ``--iters``, the problem's, or FIXED_ITERS."""
+        if self.fixed_iters is not None:
+            return self.fixed_iters
+        return spec.fixed_iters if spec.fixed_iters is not None else FIXED_ITERS
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
@@ -166,6 +189,7 @@ class BenchSettings:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["curve_iters"] = list(self.curve_iters)
+        d["curve_extend"] = list(self.curve_extend)
         d["resolved_device"] = str(self.torch_device)
         d["resolved_threads"] = self.cpu_threads
         d["resolved_problems"] = [p.name for p in self.problem_specs]

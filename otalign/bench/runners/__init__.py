@@ -69,7 +69,8 @@ def parse_libraries(items: Optional[Sequence[str]]) -> list[tuple[str, Optional[
 def make_runners(
     selection: Sequence[tuple[str, Optional[str]]], *, device: Any, dtype: torch.dtype
 ) -> tuple[list[Runner], list[str]]:
-    """Instantiate the selected runners; libraries that cannot run are left out with a notice.
+    """Instantiate the selected runners; libraries (and configurations, e.g. GeomLoss's online
+    backend without pykeops) that cannot run are left out with a notice.
 
     Returns:
         ``(runners, notices)``.
@@ -87,6 +88,12 @@ def make_runners(
             continue
         configs = [config] if config else list(cls.default_configs())
         for name in configs:
-            if not any(r.library == lib and r.config == name for r in runners):
-                runners.append(cls(name, device=device, dtype=dtype))
+            if any(r.library == lib and r.config == name for r in runners):
+                continue
+            runner = cls(name, device=device, dtype=dtype)
+            why = runner.unavailable_config()
+            if why is not None:
+                notices.append(f"{runner.name} skipped: {why}")
+                continue
+            runners.append(runner)
     return runners, notices

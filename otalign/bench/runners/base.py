@@ -31,12 +31,16 @@ class SolveOutput:
     """What one call returns.
 
     Attributes:
-        plan: ``(B, n, m)`` plan (torch tensor, NumPy or JAX array), complete (synchronised).
+        plan: ``(B, n, m)`` plan (torch tensor, NumPy or JAX array), complete (synchronised);
+            None for point-cloud problems, whose answer is ``potentials``.
         n_iters: sweeps performed (the largest over the batch), None if the library does not say.
+        potentials: point-cloud problems: ``(f, g)`` of shapes ``(n,)``, ``(m,)`` in cost units,
+            converted to the convention ``P_ij = a_i b_j exp((f_i + g_j - C_ij) / epsilon)``.
     """
 
     plan: Any
     n_iters: Optional[int]
+    potentials: Optional[tuple[Any, Any]] = None
 
 
 Call = Callable[[], SolveOutput]
@@ -116,9 +120,36 @@ class Runner(ABC):
         except Exception:  # noqa: BLE001
             return None
 
-    @abstractmethod
+    #: configurations that solve point-cloud problems (``spec.lazy``), and only those
+    ONLINE_CONFIGS: ClassVar[tuple[str, ...]] = ()
+
+    def unavailable_config(self) -> Optional[str]:
+        """Why this configuration (rather than the whole library) cannot run here, or None."""
+        return None
+
     def supports(self, spec: ProblemSpec) -> Optional[str]:
-        """None if this configuration solves ``spec``; otherwise the reason it does not."""
+        """None if this configuration solves ``spec``; otherwise the reason it does not.
+
+        Dense configurations skip point-cloud problems and online ones skip dense problems;
+        subclasses add their own reasons in :meth:`supports_kind`.
+        """
+        if spec.lazy and not self.is_online:
+            return (
+                f"{self.name} needs the n x m cost matrix; the point-cloud problems (n = {spec.n}) run only the "
+                "online configurations"
+            )
+        if not spec.lazy and self.is_online:
+            return f"{self.name} is an online (point-cloud) configuration; it runs the point-cloud problems only"
+        return self.supports_kind(spec)
+
+    @property
+    def is_online(self) -> bool:
+        """Whether this configuration is an online (point-cloud) one."""
+        return self.config in self.ONLINE_CONFIGS
+
+    @abstractmethod
+    def supports_kind(self, spec: ProblemSpec) -> Optional[str]:
+        """None if this configuration solves ``spec``'s kind; otherwise the reason it does not."""
 
     @abstractmethod
     def prepare(self, problem: BenchProblem) -> Any:

@@ -85,7 +85,7 @@ class OttRunner(Runner):
             return f"JAX has no device for {device} ({exc}); OTT-JAX is not timed on another device"
         return None
 
-    def supports(self, spec: ProblemSpec) -> Optional[str]:
+    def supports_kind(self, spec: ProblemSpec) -> Optional[str]:
         if spec.kind == "partial":
             return "OTT-JAX has no partial transport"
         return None
