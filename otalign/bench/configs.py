@@ -27,11 +27,11 @@ from typing import Any
 __all__ = ["OTALIGN_CONFIGS", "OTALIGN_POINTCLOUD_CONFIGS"]
 
 OTALIGN_CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},  # the library's defaults, whatever they are at the time of the run
+    "default": {},  # the library's defaults (adaptive over-relaxation since issue 12)
+    "plain": {"overrelax": None},  # plain sweeps (the default before issue 12)
     "log": {"method": "log"},  # log domain only
-    "overrelax": {"overrelax": "adaptive"},
-    "anneal": {"anneal": 0.5},  # epsilon scaling
-    "anneal+overrelax": {"anneal": 0.5, "overrelax": "adaptive"},
+    "anneal": {"anneal": 0.5},  # epsilon scaling (with the default adaptive over-relaxation)
+    "anneal-plain": {"anneal": 0.5, "overrelax": None},
 }
 
 OTALIGN_POINTCLOUD_CONFIGS: dict[str, dict[str, Any]] = {

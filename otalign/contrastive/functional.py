@@ -123,7 +123,7 @@ def plan_logits(
         cons = cons + [C.Forbid(mask="diagonal")]
     res = solve(
         cost, cons, epsilon=epsilon, tol=torch.finfo(torch.float64).tiny, max_iter=n_iter,
-        check_every=n_iter, entropy="shannon", grad="unroll", center=False, translation=False, warn=False,
+        check_every=n_iter, entropy="shannon", grad="unroll", center=False, translation=False, overrelax=None, warn=False,
     )
     # log P_ij - f_i / eps = (g_j + block duals - C_ij) / eps: the plan with its rows unscaled
     scaled = res.log_plan - (res.f / epsilon)[:, None]

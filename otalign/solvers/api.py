@@ -19,12 +19,28 @@ from .plan import make_log_plan
 from .result import OTResult
 from .setup import MAX_ITER, Prepared, check_scalar, prepare
 
-__all__ = ["solve", "sinkhorn", "unbalanced", "partial", "GRAD_MODES"]
+__all__ = ["solve", "sinkhorn", "unbalanced", "partial", "GRAD_MODES", "DEFAULT_TOL", "default_tol"]
 
 GRAD_MODES = ("implicit", "unroll", "envelope", "none")
 METHODS = ("auto", "log")
 
 Init = Union[OTResult, Sequence[Optional[torch.Tensor]], None]
+
+#: default ``tol`` per compute dtype (L1 error in mass units). float32 resolves marginal errors
+#: down to ~1e-6 at small epsilon (the log-domain arithmetic's resolution), so its default sits a
+#: factor 10 above. In float64 1e-10: the envelope gradient of ``value`` w.r.t. the weights is the
+#: potential up to ``epsilon * error / weight``, so this keeps it within ~1e-10 of ``f`` on small
+#: problems (POT's ``stopThr`` default is 1e-9, on the L2 norm of one marginal).
+DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+#: default ``adjoint_tol``: relative residual of the implicit backward's linear system
+DEFAULT_ADJOINT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """The default ``tol`` of a compute dtype (:data:`DEFAULT_TOL`; 1e-5 for any other)."""
+    return DEFAULT_TOL.get(dtype, 1e-5)
 
 
 def _initial_duals(prep: Prepared, init: Init) -> list[Optional[torch.Tensor]]:
@@ -87,7 +103,7 @@ def solve(
     constraints: Any = None,
     *,
     epsilon: float,
-    tol: float = 1e-6,
+    tol: Optional[float] = None,
     max_iter: int = 1000,
     check_every: int = 10,
     entropy: str = "kl",
@@ -97,7 +113,7 @@ def solve(
     adjoint_max_iter: Optional[int] = None,
     center: bool = True,
     method: str = "auto",
-    overrelax: Union[None, str, float] = None,
+    overrelax: Union[None, str, float] = "adaptive",
     anneal: Optional[float] = None,
     translation: bool = True,
     warn: bool = True,
@@ -116,23 +132,31 @@ def solve(
             returning an :class:`~otalign.solvers.exact.ExactResult` (see that module).
         tol: stopping tolerance on the error, in mass units (L1 marginal violation; for penalties
             and caps, the distance to the optimal plan certified by the duality gap or their
-            complementarity residual; ``docs/concepts.md``, "Stopping"). ``0`` runs exactly
+            complementarity residual; ``docs/concepts.md``, "Stopping"). ``None`` (default):
+            :data:`DEFAULT_TOL` of the compute dtype, ``1e-10`` in float64 and ``1e-5`` in float32
+            (a factor 10 above the float32 floor of ~1e-6 at small epsilon). ``0`` runs exactly
             ``max_iter`` sweeps.
         max_iter: maximum number of sweeps (one sweep updates every dual once).
         check_every: sweeps between two convergence checks (the only host synchronisation).
         entropy: ``"kl"`` or ``"shannon"`` (identical plans for balanced problems).
         init: warm start: a previous :class:`OTResult` with the same constraints, or ``(f, g)``.
         grad: how gradients reach the cost and the constraint tensors that require grad
-            (``docs/gradients.md``): ``"implicit"`` (implicit function theorem at the solution;
-            backward memory independent of the iteration count), ``"unroll"`` (autograd through
-            the iterations), ``"envelope"`` (gradient of ``value`` only, Danskin), ``"none"``.
-        adjoint_tol, adjoint_max_iter: stopping rule of the implicit mode's adjoint iteration
-            (relative change of the adjoint; defaults ``1e-10`` in float64, ``1e-6`` otherwise, and
-            ``max_iter``: the adjoint contracts at the rate of the forward iterations).
+            (``docs/gradients.md``): ``"implicit"`` (default: the gradient of ``value`` by the
+            envelope theorem, exact at the optimum with no adjoint solve; every other output by
+            the implicit function theorem, its adjoint system solved by GMRES; backward memory
+            independent of the iteration count), ``"unroll"`` (autograd through the iterations:
+            the derivative of what was computed, e.g. a fixed number of sweeps), ``"envelope"``
+            (gradient of ``value`` only), ``"none"``.
+        adjoint_tol, adjoint_max_iter: stopping rule of the implicit mode's adjoint solve
+            (relative residual of the linear system; defaults ``1e-10`` in float64, ``1e-6``
+            otherwise, and ``max(max_iter, 100)`` vector-Jacobian products). Its outcome is in
+            ``res.adjoint`` after a backward pass (and warned about when it falls short).
         method: ``"auto"`` (log-domain sweeps, switching to the stabilised kernel domain whenever
             the scalings move slowly enough for it to be exact) or ``"log"`` (log domain only).
-        overrelax: None, a fixed ``omega`` in ``[1, 2)``, or ``"adaptive"`` (per-problem ``omega``
-            from the measured contraction rate, with a fall-back to 1 when the error grows).
+        overrelax: ``"adaptive"`` (default: per-problem ``omega`` from the measured contraction
+            rate once the error falls geometrically, back to 1 and retried more damped when the
+            error grows), a fixed ``omega`` in ``[1, 2)``, or None for plain sweeps (e.g. a fixed
+            number of Sinkhorn iterations that a loss is defined by).
         anneal: epsilon scaling: a factor in (0, 1); sweeps run at ``eps0, eps0 * anneal, ...``
             (``check_every`` sweeps each, ``eps0`` the largest cost range of the batch) down to
             ``epsilon``, where the ordinary stopping test runs. Counted in ``n_iters``.
@@ -150,7 +174,8 @@ def solve(
     Returns:
         An :class:`OTResult`; per-problem ``converged`` says whether ``tol`` was met.
     """
-    tol = check_scalar("tol", tol, low=0.0, strict=False)
+    if tol is not None:
+        tol = check_scalar("tol", tol, low=0.0, strict=False)
     max_iter = check_scalar("max_iter", max_iter, low=0, strict=False, integer=True, high=MAX_ITER)
     check_every = check_scalar("check_every", check_every, low=1, strict=False, integer=True, high=MAX_ITER)
     if grad not in GRAD_MODES:
@@ -182,6 +207,8 @@ def solve(
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
     epsilon = float(epsilon)
+    if tol is None:
+        tol = default_tol(prep.problem.dtype)
     grad_inputs = _grad_inputs(prep) if torch.is_grad_enabled() else []
     track = grad != "none" and bool(grad_inputs)
     footprints = [p.footprint for p in prep.projectors]
@@ -192,7 +219,7 @@ def solve(
 
     with torch.no_grad():
         duals = _initial_duals(prep, init)
-    envelope = anchor = None
+    envelope = anchor = adjoint = None
     acc = Acceleration(
         kernel=method == "auto",
         overrelax=overrelax,
@@ -211,22 +238,19 @@ def solve(
         final = [None if d is None else d.detach() for d in state.duals]
         if not track:
             state.inplace = False  # keep the solved state; results are computed functionally
-        elif grad == "implicit":
-            default_tol = 1e-10 if prep.problem.dtype == torch.float64 else 1e-6
-            final = implicit_duals(
+        else:
+            envelope = _envelope_value(make_plan, final, prep, trace, epsilon=epsilon, entropy=entropy, tol=tol)
+        if track and grad == "implicit":
+            final, adjoint = implicit_duals(
                 make_plan, prep.projectors, final,
-                tol=default_tol if adjoint_tol is None else adjoint_tol,
-                max_iter=max(max_iter, 1) if adjoint_max_iter is None else adjoint_max_iter,
+                tol=DEFAULT_ADJOINT_TOL.get(prep.problem.dtype, 1e-6) if adjoint_tol is None else adjoint_tol,
+                max_iter=max(max_iter, 100) if adjoint_max_iter is None else adjoint_max_iter,
+                warn=warn,
             )
         if track:
             state = make_plan(final)
         if track and grad == "envelope":
             anchor = grad_inputs[0]  # a tensor that requires grad, to hang the output guards on
-            with torch.no_grad():
-                primal = OTResult(state, prep.projectors, prep.constraints, trace, epsilon=epsilon,
-                                  entropy=entropy, tol=tol, batched=True, out_dtype=prep.problem.dtype)._value
-            dual = dual_value(state, prep.projectors, entropy)
-            envelope = primal + (dual - dual.detach())
     if center:
         center_potentials(state, prep.projectors)
     if warn:
@@ -244,8 +268,28 @@ def solve(
         grad=grad if track else "none",
         envelope_value=envelope,
         anchor=anchor,
+        adjoint=adjoint,
         inputs=_input_tensors(prep),
     )
+
+
+def _envelope_value(make_plan, duals, prep: Prepared, trace: Trace, *, epsilon: float, entropy: str, tol: float):
+    """A zero-argument callable returning ``(B,)`` values whose gradient is Danskin's: the value
+    (the primal objective of the solved duals) plus ``D(d, theta) - D(d, theta).detach()`` with
+    the duals ``d`` held fixed, so that ``dvalue/dtheta = dD/dtheta`` (``dvalue/dC`` is the plan,
+    the weights get the potentials): exact at the optimum, no adjoint solve. Evaluated on the
+    first read of ``res.value``."""
+
+    def value() -> torch.Tensor:
+        state = make_plan(duals)
+        with torch.no_grad():
+            primal = OTResult(state, prep.projectors, prep.constraints, trace, epsilon=epsilon, entropy=entropy,
+                              tol=tol, batched=True, out_dtype=prep.problem.dtype)._value
+        with torch.enable_grad():
+            dual = dual_value(state, prep.projectors, entropy)
+        return primal + (dual - dual.detach())
+
+    return value
 
 
 def _is_zero(epsilon: Any) -> bool:

@@ -274,7 +274,7 @@ def iterate(
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
     omega = _omega(acc, B, error)
-    blocked = torch.zeros(B, dtype=torch.bool, device=device)
+    failures = torch.zeros(B, dtype=dtype, device=device)
     ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
     just_set = torch.zeros(B, dtype=torch.bool, device=device)
     kernel = acc.kernel and plan.kernel_capable
@@ -320,8 +320,9 @@ def iterate(
             err, gap_now = measure_errors(plan, projectors)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
             if omega is not None and acc.overrelax == "adaptive" and history:
-                omega, blocked, ratio, just_set = _adapt_omega(
-                    omega, blocked, ratio, just_set, err, history[-1], check_every, acc.omega_max)
+                # omega is piecewise constant in the data: no gradient flows through it (unroll)
+                omega, failures, ratio, just_set = _adapt_omega(
+                    omega, failures, ratio, just_set, err.detach(), history[-1].detach(), check_every, acc.omega_max)
             history.append(torch.where(active, err, torch.full_like(err, math.nan)))
             check_iters.append(it)
             ok = active & finite & (err <= tol)
@@ -361,28 +362,39 @@ def iterate(
     )
 
 
-def _adapt_omega(omega, blocked, ratio, just_set, err, last, check_every, omega_max):
+#: adaptive over-relaxation: the error ratio between checks must lie in (ADAPT_LOW, ADAPT_HIGH)
+#: for omega to be set (the asymptotic, linear regime; a ratio of ~1 is a plateau, not a rate),
+#: and a problem whose error grows under omega > 1 retries with a more damped omega, at most
+#: ADAPT_TRIES times in all
+ADAPT_LOW, ADAPT_HIGH, ADAPT_TRIES = 0.8, 0.999, 3
+
+
+def _adapt_omega(omega, failures, ratio, just_set, err, last, check_every, omega_max):
     """Adaptive over-relaxation, per problem.
 
     While ``omega == 1`` the error ratio between checks is recorded; once two consecutive ratios
-    agree within 2% and are above 0.8 (the slow, asymptotic regime, where over-relaxation pays
-    off and the linearisation holds), ``omega`` is set from the measured rate ``r`` per sweep:
-    ``1 + 0.75 * (2 / (1 + sqrt(1 - r)) - 1)`` (the optimal over-relaxation of the linearised
-    iteration, damped for the non-linear regime), capped at ``omega_max``. Safeguard: a problem
-    whose error grows at a check (other than the one right after ``omega`` was set, where a
-    transient bump is normal) goes back to ``omega = 1`` for good.
-    Returns ``(omega, blocked, ratio, just_set)``.
+    agree within 2% and lie in ``(ADAPT_LOW, ADAPT_HIGH)`` (the slow, asymptotic regime, where
+    over-relaxation pays off and the linearisation holds; a ratio of ~1 is a plateau of the
+    non-linear regime, whose "rate" means nothing), ``omega`` is set from the measured rate ``r``
+    per sweep: ``1 + damping * (2 / (1 + sqrt(1 - r)) - 1)`` (the optimal over-relaxation of the
+    linearised iteration, damped for the non-linear regime: ``damping = 0.75 / 2^failures``),
+    capped at ``omega_max``. Safeguard: a problem whose error grows at a check (other than the one
+    right after ``omega`` was set, where a transient bump is normal) goes back to ``omega = 1``
+    and counts a failure; after ``ADAPT_TRIES`` failures it stays at 1.
+    Returns ``(omega, failures, ratio, just_set)``.
     """
     grew = (err > last) & (omega > 1) & ~just_set
-    blocked = blocked | grew
-    omega = torch.where(blocked, torch.ones_like(omega), omega)
+    failures = failures + grew.to(failures.dtype)
+    omega = torch.where(grew, torch.ones_like(omega), omega)
     new_ratio = torch.where(last > 0, err / last, torch.full_like(err, math.nan))
-    plain = (omega == 1.0) & ~blocked
-    stable = plain & (new_ratio < 1) & (new_ratio > 0.8) & ((new_ratio - ratio).abs() <= 0.02 * new_ratio)
+    plain = (omega == 1.0) & (failures < ADAPT_TRIES)
+    stable = (plain & (new_ratio < ADAPT_HIGH) & (new_ratio > ADAPT_LOW)
+              & ((new_ratio - ratio).abs() <= 0.02 * new_ratio))
     rate = torch.clamp(new_ratio, min=0.0, max=0.9999) ** (1.0 / check_every)
-    target = 1.0 + 0.75 * (2.0 / (1.0 + torch.sqrt(1.0 - rate)) - 1.0)
+    damping = 0.75 * torch.pow(0.5, failures)
+    target = 1.0 + damping * (2.0 / (1.0 + torch.sqrt(1.0 - rate)) - 1.0)
     omega = torch.where(stable, torch.clamp(target, max=omega_max), omega)
-    return omega, blocked, torch.where(plain, new_ratio, ratio), stable
+    return omega, failures, torch.where(plain, new_ratio, ratio), stable
 
 
 def _largest(values: torch.Tensor, active: torch.Tensor) -> float:

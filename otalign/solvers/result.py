@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from collections.abc import Sequence
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -12,7 +12,7 @@ from ..constraints.base import ConstraintSet
 from .engine import Trace
 from .footprint import COL, ROW
 from ..geometry.base import memory_budget
-from .gradients import EnvelopeGuard
+from .gradients import AdjointReport, EnvelopeGuard
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
@@ -71,8 +71,9 @@ class OTResult:
         batched: bool,
         out_dtype: torch.dtype,
         grad: str = "unroll",
-        envelope_value: Optional[torch.Tensor] = None,
+        envelope_value: Optional[Callable[[], torch.Tensor]] = None,
         anchor: Optional[torch.Tensor] = None,
+        adjoint: Optional["AdjointReport"] = None,
         inputs: Sequence[tuple[str, torch.Tensor]] = (),
     ) -> None:
         self._state = state
@@ -86,8 +87,11 @@ class OTResult:
         self._trace = trace
         self.check_iters = trace.check_iters
         self.grad = grad
-        self._envelope_value = envelope_value
+        self._envelope_fn = envelope_value
         self._anchor = anchor
+        #: what the implicit backward did (:class:`~otalign.solvers.gradients.AdjointReport`):
+        #: None outside ``grad="implicit"``; its fields are filled when a backward pass runs
+        self.adjoint = adjoint
         # the plan, values and marginals are computed on demand from the caller's tensors: record
         # their version counters to refuse reading them after an in-place change
         self._inputs = [(name, t, t._version) for name, t in inputs]
@@ -199,9 +203,14 @@ class OTResult:
             value = value + inner + proj.penalty(log_mu)
         return value
 
+    @cached_property
+    def _envelope_value(self) -> torch.Tensor:
+        self._check_inputs()
+        return self._envelope_fn()
+
     @property
     def value(self) -> torch.Tensor:
-        if self._envelope_value is not None:
+        if self._envelope_fn is not None:
             v = self._envelope_value.to(self._dtype)
             return v if self._batched else v[0]
         return self._out(self._value)
