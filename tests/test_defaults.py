@@ -127,3 +127,58 @@ def test_fixed_sweeps_stay_plain():
         f = -0.1 * torch.logsumexp((g[None] - M) / 0.1 + b.log()[None], 1)
         g = -0.1 * torch.logsumexp((f[:, None] - M) / 0.1 + a.log()[:, None], 0)
     assert torch.allclose(res.f, f, atol=1e-12, rtol=0) and torch.allclose(res.g, g, atol=1e-12, rtol=0)
+
+
+def _feasible_mass(gx, gy, groups, n, m):
+    """Block masses compatible with uniform weights: mostly the independent coupling of the group
+    masses, tilted toward the diagonal, then scaled back onto the group marginals."""
+    ra = torch.zeros(groups, dtype=F64).index_add_(0, gx, torch.full((n,), 1.0 / n, dtype=F64))
+    rb = torch.zeros(groups, dtype=F64).index_add_(0, gy, torch.full((m,), 1.0 / m, dtype=F64))
+    mass = torch.outer(ra, rb)
+    mass = 0.7 * mass + 0.3 * torch.diag(torch.minimum(ra, rb)) * (mass.sum() / torch.minimum(ra, rb).sum())
+    for _ in range(500):
+        mass = mass * (rb / mass.sum(0))[None]
+        mass = mass * (ra / mass.sum(1))[:, None]
+    return mass
+
+
+def _blocks(n, m, groups, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 2, generator=g, dtype=F64), torch.randn(m, 2, generator=g, dtype=F64) + 0.3
+    cost = torch.cdist(x, y) ** 2
+    gx = (x[:, 0] > x[:, 0].median()).long() if groups == 2 else torch.randint(0, groups, (n,), generator=g)
+    gy = (y[:, 0] > y[:, 0].median()).long() if groups == 2 else torch.randint(0, groups, (m,), generator=g)
+    return cost, gx, gy, _feasible_mass(gx, gy, groups, n, m)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_block_masses_in_the_kernel_domain_equal_the_log_domain(groups):
+    cost, gx, gy, mass = _blocks(40, 30, groups, seed=groups)
+    cons = C.balanced() + [C.BlockMass(row_groups=gx, col_groups=gy, mass=mass)]
+    fast = ota.solve(cost, cons, epsilon=0.05, tol=1e-11, max_iter=50_000)
+    log = ota.solve(cost, cons, epsilon=0.05, tol=1e-11, max_iter=50_000, method="log")
+    assert bool(fast.converged) and bool(log.converged)
+    assert float((fast.plan - log.plan).abs().sum()) <= 1e-9
+    blocks = torch.zeros(groups, groups, dtype=F64).index_put_((gx[:, None].expand(40, 30), gy[None].expand(40, 30)),
+                                                               fast.plan, accumulate=True)
+    assert torch.allclose(blocks, mass, atol=1e-10, rtol=0)
+
+
+def test_block_masses_kernel_domain_with_ungrouped_rows_two_constraints_and_a_batch():
+    cost, gx, gy, mass = _blocks(36, 28, 2, seed=7)
+    gx2 = gx.clone()
+    gx2[:3] = -1  # rows in no group of the second constraint: only capped there
+    cap = torch.full((2, 2), 0.6, dtype=F64)
+    batch = torch.stack([cost, cost.flip(0)])
+    cons = C.balanced() + [C.BlockMass(row_groups=gx, col_groups=gy, mass=mass),
+                           C.BlockMass(row_groups=gx2, col_groups=gy, mass=cap, relation="<=")]
+    fast = ota.solve(batch, cons, epsilon=0.05, tol=1e-11, max_iter=50_000)
+    log = ota.solve(batch, cons, epsilon=0.05, tol=1e-11, max_iter=50_000, method="log")
+    assert bool(fast.converged.all()) and float((fast.plan - log.plan).abs().sum()) <= 1e-9
+    # labels that differ across the batch take the matrix-product path
+    labels = torch.stack([gx, gx.flip(0)])
+    masses = torch.stack([mass, _feasible_mass(gx.flip(0), gy, 2, 36, 28)])
+    cons = C.balanced() + [C.BlockMass(row_groups=labels, col_groups=gy, mass=masses)]
+    fast = ota.solve(batch, cons, epsilon=0.05, tol=1e-11, max_iter=50_000)
+    log = ota.solve(batch, cons, epsilon=0.05, tol=1e-11, max_iter=50_000, method="log")
+    assert bool(fast.converged.all()) and float((fast.plan - log.plan).abs().sum()) <= 1e-9

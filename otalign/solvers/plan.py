@@ -367,7 +367,11 @@ class DenseLogPlan(LogPlan):
         self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
         self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
         self._G0: Optional[torch.Tensor] = None
+        self._E0: Optional[torch.Tensor] = None  # joint block duals absorbed into the kernel
+        self._kp: Optional[torch.Tensor] = None  # Ktil with rows and columns sorted by joint group
         super().__init__(geometry, epsilon, log_ra, log_rb, PairTerms(mask=mask), footprints, duals, inplace)
+        groups = [footprints[k] for k in self._group_ids]
+        self._joint = _JointBlocks.build(groups, self.cost.dtype) if groups and inplace else None
 
     def _set_base(self) -> None:
         """Forget ``Kbase``; it is rebuilt when first needed (eps or a block dual changed)."""
@@ -407,13 +411,14 @@ class DenseLogPlan(LogPlan):
     # -- kernel domain ----------------------------------------------------------------------
     @property
     def kernel_capable(self) -> bool:
-        """Kernel-domain reductions apply: no autograd and no block duals."""
-        return self.inplace and not self._group_ids
+        """Kernel-domain reductions apply: no autograd, and block duals (if any) whose joint
+        groups are few enough for the block-scaled products (:class:`_JointBlocks`)."""
+        return self.inplace and (not self._group_ids or self._joint is not None)
 
     def absorb(self) -> None:
         """Enter (or refresh) the kernel domain: ``Ktil = exp(log P)`` at the current duals."""
         if not self.kernel_capable:
-            raise RuntimeError("the kernel domain needs inplace=True and no block duals")
+            raise RuntimeError("the kernel domain needs inplace=True and few joint block groups")
         self._log_plan_into_buffer()
         self._exponentiate_buffer()
 
@@ -429,6 +434,10 @@ class DenseLogPlan(LogPlan):
         # the reference weights are constant, so the scalings are du = exp((F - F0) / eps),
         # dv = exp((G - G0) / eps): finite even on padded rows, whose Ktil rows are 0
         self._F0, self._G0 = self.F.detach(), self.G.detach()
+        if self._joint is not None:
+            self._E0 = self._joint.duals(self.duals, self._group_ids)
+            if self._joint.sorted:  # blocks as contiguous sub-matrices (one copy per absorption)
+                self._kp = self._joint.permute(buf)
         self.mode = "kernel"
         self._clear_caches()  # recompute the marginals from the fresh kernel
 
@@ -454,7 +463,7 @@ class DenseLogPlan(LogPlan):
             self._final = (self._buf, self._F0, self._G0, self.eps)
             self._buf = None
         self.mode = "log"
-        self._F0 = self._G0 = None
+        self._F0 = self._G0 = self._E0 = self._kp = None
 
     def take_plan(self) -> Optional[torch.Tensor]:
         """The plan ``P = diag(du) Ktil diag(dv)``, built in place in the kernel kept by
@@ -488,13 +497,46 @@ class DenseLogPlan(LogPlan):
     def _log_dv(self) -> torch.Tensor:
         return (self.G - self._G0) / self.eps
 
+    def _log_w(self) -> Optional[torch.Tensor]:
+        """``(B, R, S)`` log block scalings ``(E - E0) / eps`` of the joint groups (None without
+        block duals)."""
+        if self._joint is None or self._E0 is None:
+            return None
+        # duals are replaced, never mutated: the same objects (held here, so no id is reused) mean
+        # the same block scalings
+        key = (self._E0, self.eps, *(self.duals[k] for k in self._group_ids))
+        cached = getattr(self, "_log_w_key", None)
+        if cached is not None and len(cached) == len(key) and all(a is b for a, b in zip(cached, key)):
+            return self._log_w_cached
+        log_w = (self._joint.duals(self.duals, self._group_ids) - self._E0) / self.eps
+        # a block whose dual was -inf at absorption has no mass in Ktil: its scaling is moot
+        log_w = torch.where(torch.isnan(log_w), torch.zeros_like(log_w), log_w)
+        self._log_w_key, self._log_w_cached = key, log_w
+        return log_w
+
     def kernel_drift(self) -> torch.Tensor:
-        """``(B,)`` largest |log du|, |log dv|: how far the scalings moved since :meth:`absorb`."""
-        return torch.maximum(self._log_du().abs().amax(-1), self._log_dv().abs().amax(-1))
+        """``(B,)`` how far the scalings moved since :meth:`absorb`: the largest |log du|,
+        |log dv|, plus half the largest |log w| of the block scalings (so that ``du dv w``, the
+        factor entries flushed to zero can be amplified by, stays within ``exp(2 drift)``)."""
+        drift = torch.maximum(self._log_du().abs().amax(-1), self._log_dv().abs().amax(-1))
+        log_w = self._log_w()
+        if log_w is not None:
+            finite = torch.where(torch.isfinite(self._E0), log_w.abs(), torch.zeros_like(log_w))
+            drift = drift + 0.5 * finite.flatten(1).amax(-1)
+        return drift
 
     def _kernel_row(self) -> torch.Tensor:
         log_du = self._log_du()
         dv = torch.exp(self._log_dv())
+        log_w = self._log_w()
+        if log_w is not None and self._kp is not None:
+            return self._joint.sorted_rows(self._kp, log_du, self._log_dv(), log_w)
+        if log_w is not None:  # P 1 = du * sum_s w[r(i), s] (Ktil (dv * [c = s]))_i
+            j = self._joint
+            # (V^T Ktil^T): MKL's batched gemm is several times slower with Ktil on the left
+            per_group = torch.bmm((dv[:, :, None] * j.col_onehot).transpose(1, 2), self._buf.transpose(1, 2))
+            w = torch.exp(log_w).transpose(1, 2).gather(2, j.row_index_t(self.batch, self.n, j.n_col))  # (B, S, n)
+            return torch.log((per_group * w).sum(1)).add_(log_du)
         # (dv^T Ktil^T) rather than (Ktil dv): the same product, but MKL's batched gemm is 5-8x
         # slower on CPU for a column right-hand side (measured, B = 16, n = 512)
         return torch.log(torch.bmm(dv[:, None, :], self._buf.transpose(1, 2))[:, 0]).add_(log_du)
@@ -502,7 +544,28 @@ class DenseLogPlan(LogPlan):
     def _kernel_col(self) -> torch.Tensor:
         log_dv = self._log_dv()
         du = torch.exp(self._log_du())
+        log_w = self._log_w()
+        if log_w is not None and self._kp is not None:
+            return self._joint.sorted_cols(self._kp, self._log_du(), log_dv, log_w)
+        if log_w is not None:  # P^T 1 = dv * sum_r w[r, c(j)] ((du * [r(i) = r])^T Ktil)_j
+            j = self._joint
+            per_group = torch.bmm((du[:, :, None] * j.row_onehot).transpose(1, 2), self._buf)  # (B, R, m)
+            w = torch.exp(log_w).gather(2, j.col_index(self.batch, self.m, j.n_row))  # (B, R, m)
+            return torch.log((per_group * w).sum(1)).add_(log_dv)
         return torch.log(torch.bmm(du[:, None, :], self._buf)[:, 0]).add_(log_dv)
+
+    def _kernel_blocks(self, footprint: Groups) -> torch.Tensor:
+        """``(B, Gr, Gc)`` log block sums: ``w * (U^T Ktil V)`` over the joint groups, summed
+        into the footprint's groups."""
+        j = self._joint
+        if self._kp is not None:
+            joint = j.sorted_blocks(self._kp, self._log_du(), self._log_dv())
+            return torch.log(j.reduce(joint * torch.exp(self._log_w()), footprint))
+        du, dv = torch.exp(self._log_du()), torch.exp(self._log_dv())
+        left = torch.bmm((du[:, :, None] * j.row_onehot).transpose(1, 2), self._buf)  # (B, R, m)
+        joint = torch.bmm(left, dv[:, :, None] * j.col_onehot)  # (B, R, S)
+        joint = joint * torch.exp(self._log_w())
+        return torch.log(j.reduce(joint, footprint))
 
     # -- reductions -------------------------------------------------------------------------
     def _buffer(self) -> torch.Tensor:
@@ -527,6 +590,8 @@ class DenseLogPlan(LogPlan):
         return self.kbase + self.alpha[:, :, None] + self.beta[:, None, :]
 
     def _group_lse(self, footprint: Groups) -> torch.Tensor:
+        if self.mode == "kernel":
+            return self._kernel_blocks(footprint)
         return footprint.log_reduce(self.log_plan())
 
     def materialize_plan(self) -> torch.Tensor:
@@ -551,6 +616,143 @@ class DenseLogPlan(LogPlan):
     def apply(self, v: torch.Tensor, transpose: bool, plan: Optional[torch.Tensor] = None) -> torch.Tensor:
         plan = self.materialize_plan() if plan is None else plan
         return plan.transpose(1, 2) @ v if transpose else plan @ v
+
+class _JointBlocks:
+    """The joint groups of every block footprint of a problem, for the kernel domain.
+
+    With block duals ``E`` the plan is ``P_ij = du_i Ktil_ij dv_j w[r(i), c(j)]``, where ``r(i)``
+    (``c(j)``) is row ``i``'s (column ``j``'s) joint group: its tuple of group ids over every
+    block footprint (``-1``, "no group", is a group of its own here), and ``w = exp((E - E0) /
+    eps)`` is constant on each joint block. Row sums are then ``S`` mat-vec products done as one
+    ``(n, m) x (m, S)`` product (one read of ``Ktil``), column sums likewise with ``R``, and block
+    sums ``w * (U^T Ktil V)``. Built only when ``R * S <= MAX_JOINT`` (beyond, the log domain).
+    """
+
+    #: the most joint blocks (R * S) the kernel domain handles with block duals
+    MAX_JOINT = 1024
+
+    def __init__(self, row_onehot, col_onehot, row_codes, col_codes, row_of, col_of, footprints):
+        self.row_onehot = row_onehot  # (B', n, R)
+        self.col_onehot = col_onehot  # (B', m, S)
+        self.row_codes = row_codes  # (B', n) joint row group of each row
+        self.col_codes = col_codes  # (B', m)
+        self.n_row, self.n_col = row_onehot.shape[-1], col_onehot.shape[-1]
+        self.row_of = row_of  # per footprint: (R,) its group id (Gr for "none") of each joint row group
+        self.col_of = col_of
+        self.footprints = footprints
+
+    @classmethod
+    def build(cls, footprints: list, dtype: torch.dtype) -> Optional["_JointBlocks"]:
+        def joint(labels_list, counts):
+            codes, radix = None, 1
+            for labels, count in zip(labels_list, counts):
+                part = labels.remainder(count + 1).long()  # -1 -> count
+                codes = part * radix if codes is None else codes + part * radix
+                radix *= count + 1
+            return codes, radix
+
+        row_codes, R_full = joint([fp.row_groups for fp in footprints], [fp.n_row_groups for fp in footprints])
+        col_codes, S_full = joint([fp.col_groups for fp in footprints], [fp.n_col_groups for fp in footprints])
+        # keep only the joint groups that occur (compact codes)
+        row_used, row_codes = torch.unique(row_codes, return_inverse=True)
+        col_used, col_codes = torch.unique(col_codes, return_inverse=True)
+        R, S = row_used.numel(), col_used.numel()
+        if R * S > cls.MAX_JOINT:
+            return None
+        row_of, col_of, radix_r, radix_c = [], [], 1, 1
+        for fp in footprints:
+            row_of.append((row_used // radix_r).remainder(fp.n_row_groups + 1))
+            col_of.append((col_used // radix_c).remainder(fp.n_col_groups + 1))
+            radix_r *= fp.n_row_groups + 1
+            radix_c *= fp.n_col_groups + 1
+        row_onehot = torch.nn.functional.one_hot(row_codes, R).to(dtype)
+        col_onehot = torch.nn.functional.one_hot(col_codes, S).to(dtype)
+        out = cls(row_onehot, col_onehot, row_codes, col_codes, row_of, col_of, footprints)
+        out._sort()
+        return out
+
+    def _sort(self) -> None:
+        """With labels shared by the batch, sort rows and columns by joint group: every block is
+        then a contiguous sub-matrix, and the block-scaled products cost one mat-vec in all."""
+        self.sorted = self.row_codes.shape[0] == 1 and self.col_codes.shape[0] == 1
+        if not self.sorted:
+            return
+        rc, cc = self.row_codes[0], self.col_codes[0]
+        self.row_perm = torch.argsort(rc, stable=True)
+        self.col_perm = torch.argsort(cc, stable=True)
+        self.row_inv = torch.argsort(self.row_perm)
+        self.col_inv = torch.argsort(self.col_perm)
+        rb = torch.bincount(rc, minlength=self.n_row).cumsum(0).tolist()
+        cb = torch.bincount(cc, minlength=self.n_col).cumsum(0).tolist()
+        self.row_bounds = list(zip([0] + rb[:-1], rb))
+        self.col_bounds = list(zip([0] + cb[:-1], cb))
+        self.row_sorted_codes = rc[self.row_perm]
+        self.col_sorted_codes = cc[self.col_perm]
+
+    def permute(self, kernel: torch.Tensor) -> torch.Tensor:
+        """``(B, n, m)`` kernel with rows and columns in joint-group order (a new tensor)."""
+        return kernel.index_select(1, self.row_perm).index_select(2, self.col_perm)
+
+    @staticmethod
+    def _times(kp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(B, n', m') x (B, m') -> (B, n')``: ``kp @ v`` as ``v^T kp^T`` (MKL's faster form)."""
+        return torch.bmm(v[:, None, :], kp.transpose(1, 2))[:, 0]
+
+    @staticmethod
+    def _times_t(kp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``(B, n', m') x (B, n') -> (B, m')``: ``kp^T @ u``."""
+        return torch.bmm(u[:, None, :], kp)[:, 0]
+
+    def sorted_rows(self, kp, log_du, log_dv, log_w) -> torch.Tensor:
+        """``(B, n)`` log row sums of ``du_i Ktil_ij dv_j w[r(i), c(j)]`` (natural order): for
+        each row group, its contiguous rows times ``dv * w[r, c(j)]`` (one mat-vec in all)."""
+        dv_p = torch.exp(log_dv).index_select(1, self.col_perm)
+        w = torch.exp(log_w).index_select(2, self.col_sorted_codes)  # (B, R, m): w[r, c(j)]
+        rows = torch.cat([self._times(kp[:, r0:r1], dv_p * w[:, r]) for r, (r0, r1) in enumerate(self.row_bounds)], 1)
+        return torch.log(rows.index_select(1, self.row_inv)).add_(log_du)
+
+    def sorted_cols(self, kp, log_du, log_dv, log_w) -> torch.Tensor:
+        """``(B, m)`` log column sums (natural order), by column groups."""
+        du_p = torch.exp(log_du).index_select(1, self.row_perm)
+        w = torch.exp(log_w).index_select(1, self.row_sorted_codes)  # (B, n, S): w[r(i), c]
+        cols = torch.cat([self._times_t(kp[:, :, c0:c1], du_p * w[:, :, c]) for c, (c0, c1) in enumerate(self.col_bounds)], 1)
+        return torch.log(cols.index_select(1, self.col_inv)).add_(log_dv)
+
+    def sorted_blocks(self, kp, log_du, log_dv) -> torch.Tensor:
+        """``(B, R, S)`` block sums of ``du_i Ktil_ij dv_j`` (without the block scalings)."""
+        du_p = torch.exp(log_du).index_select(1, self.row_perm)
+        dv_p = torch.exp(log_dv).index_select(1, self.col_perm)
+        Y = torch.cat([self._times_t(kp[:, r0:r1], du_p[:, r0:r1]) for r0, r1 in self.row_bounds], 0)  # (R*B, m)
+        Y = Y.reshape(len(self.row_bounds), -1, Y.shape[-1]) * dv_p  # (R, B, m)
+        return torch.stack([Y[:, :, c0:c1].sum(-1) for c0, c1 in self.col_bounds], -1).transpose(0, 1)  # (B, R, S)
+
+    def duals(self, duals: list, group_ids: list[int]) -> torch.Tensor:
+        """``(B, R, S)`` sum of the block duals on each joint block (0 for "no group")."""
+        total = None
+        for fp, k, rows, cols in zip(self.footprints, group_ids, self.row_of, self.col_of):
+            padded = torch.nn.functional.pad(duals[k], (0, 1, 0, 1))  # group -1 -> the zero pad
+            part = padded[:, rows][:, :, cols]
+            total = part if total is None else total + part
+        return total
+
+    def row_index_t(self, B: int, n: int, S: int) -> torch.Tensor:
+        """``(B, S, n)`` index of each row's joint group along dim 2 of a ``(B, S, R)`` array."""
+        return self.row_codes.expand(B, n)[:, None, :].expand(B, S, n)
+
+    def col_index(self, B: int, m: int, R: int) -> torch.Tensor:
+        """``(B, R, m)`` index of each column's joint group along dim 2 of a ``(B, R, S)`` array."""
+        return self.col_codes.expand(B, m)[:, None, :].expand(B, R, m)
+
+    def reduce(self, joint: torch.Tensor, footprint: Groups) -> torch.Tensor:
+        """``(B, R, S)`` block sums -> the footprint's ``(B, Gr, Gc)`` (joint groups summed)."""
+        k = next(i for i, fp in enumerate(self.footprints) if fp is footprint)
+        rows, cols = self.row_of[k], self.col_of[k]
+        Gr, Gc = footprint.n_row_groups, footprint.n_col_groups
+        B = joint.shape[0]
+        out = joint.new_zeros(B, Gr + 1, joint.shape[2]).index_add_(1, rows, joint)
+        out = out.new_zeros(B, Gr + 1, Gc + 1).index_add_(2, cols, out)
+        return out[:, :Gr, :Gc]
+
 
 def _same_label_mass(ra: torch.Tensor, rb: torch.Tensor, labels: tuple) -> torch.Tensor:
     """``(B,)`` mass of ``ra (x) rb`` on the pairs whose labels agree under every given pair of
