@@ -67,12 +67,11 @@ def test_unbalanced_rejects_nan_and_non_positive_values(rho):
 
 
 def test_gca_uot_with_a_string_rho_fails_naming_rho():
-    """``GCAUOT(rho="25")`` builds its constraints through ``C.unbalanced``: it used to solve with
-    rho = (2, 5); it must raise instead."""
+    """``GCAUOT(rho="25")`` used to solve with rho = (2, 5); it must raise, naming rho (at
+    construction: the loss validates its hyper-parameters when it is built)."""
     z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
-    loss = cl.GCAUOT(epsilon=0.5, n_iter=2, rho="25")
     with pytest.raises(ValueError, match="rho='25'"):
-        loss(z, z.flip(0))
+        cl.GCAUOT(epsilon=0.5, n_iter=2, rho="25")
     assert torch.isfinite(cl.GCAUOT(epsilon=0.5, n_iter=2, rho=np.float32(25.0))(z, z.flip(0)))
 
 
