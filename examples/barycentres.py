@@ -65,10 +65,12 @@ def main(argv=None):
     weights = bilinear_weights(args.steps)                        # (B, 4)
     batch = histograms.expand(len(weights), -1, -1)               # (B, 4, n): every problem sees the four
     start = time.perf_counter()
-    res = ota.barycenter(batch.float(), cost.float(), epsilon=args.epsilon, weights=weights.float(), grad="none")
+    res = ota.barycenter(batch.float(), cost.float(), epsilon=args.epsilon, weights=weights.float(),
+                         grad="none")
     seconds = time.perf_counter() - start
     print(f"{len(weights)} barycentres of 4 histograms on {args.size}x{args.size} pixels: "
-          f"converged {int(res.converged.sum())}/{len(weights)}, {int(res.n_iters.max())} sweeps, {seconds:.1f} s")
+          f"converged {int(res.converged.sum())}/{len(weights)}, {int(res.n_iters.max())} sweeps, "
+          f"{seconds:.1f} s")
 
     images = res.barycenter.reshape(args.steps, args.steps, args.size, args.size)
     fig, axes = plt.subplots(args.steps, args.steps, figsize=(1.6 * args.steps, 1.6 * args.steps))

@@ -36,7 +36,8 @@ def test_example_runs_and_writes_its_figure(script, tmp_path):
            "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(script), "--out", str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, f"{script.relative_to(ROOT)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    name = script.relative_to(ROOT)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert out.is_file() and out.read_bytes()[:8] == PNG_MAGIC, f"{script.name} wrote no PNG at --out"
 
 

@@ -39,7 +39,8 @@ def gallery_markdown(root, docs_dir):
             sorted((docs_dir / "img" / "examples").glob(f"{script.stem}_*.png"))
         for fig in figures:
             parts.append(f"![{title}]({fig.relative_to(docs_dir).as_posix()})\n")
-        parts.append(f"```bash\npython examples/{script.name} --out results/examples/{script.stem}.png\n```\n")
+        command = f"python examples/{script.name} --out results/examples/{script.stem}.png"
+        parts.append(f"```bash\n{command}\n```\n")
         indented = "\n".join("    " + line if line else "" for line in source.splitlines())
         parts.append(f'??? example "examples/{script.name}"\n\n    ```python\n{indented}\n    ```\n')
     return "\n".join(parts) if parts else "No example scripts yet.\n"
