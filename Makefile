@@ -6,19 +6,40 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo install clean
+.PHONY: test test-slow demo docs docs-serve gallery install clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[test,bench,experiments]"
+	$(PY) -m pip install -q -e ".[test,bench,experiments,docs]"
 	touch $@
 
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the tests marked slow (long doc blocks, example scripts over 20 s, large problems); .ci/run
+# runs them after `make test`
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+# the documentation site (mkdocs.yml): pages in docs/, API reference from the docstrings,
+# gallery from examples/*.py; --strict fails on any broken link, reference or docstring
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# run every example script, redrawing the gallery's figures into docs/img/examples/
+gallery: $(VENV)/.installed
+	mkdir -p docs/img/examples
+	for script in examples/*.py; do \
+		name=$$(basename $$script .py); \
+		PYTHONPATH=. MPLBACKEND=Agg $(PY) $$script --out docs/img/examples/$$name.png || exit 1; \
+	done
 
 # the main job: the OT example problems (a few seconds), then InfoNCE vs GCA-UOT pretraining on
 # mnist1d with extreme augmentations, seeds 0 and 1 in two parallel processes (one thread each),
@@ -36,4 +57,4 @@ demo: $(VENV)/.installed
 	print(c.table()); print(); print(c.differences_table())"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache site
