@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .engine import sweep
+from .footprint import ROW
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
@@ -59,6 +60,12 @@ def implicit_duals(
     ``make_plan(duals)`` builds a differentiable :class:`LogPlan` from the problem's tensors (which
     carry the graph to ``theta``) and the given duals. The adjoint equation is iterated until the
     relative change of ``lam`` is below ``tol`` (at most ``max_iter`` VJPs).
+
+    Row sharding (the plan's ``reducer``): each rank holds a copy of the replicated duals (every
+    footprint but ``ROW``) and its cotangent for that copy; only their sum over ranks is the
+    adjoint of the global problem. The iteration therefore replaces them by their mean over
+    ranks after every VJP (the differences between copies are a fixed direction of the extended
+    iteration, which would otherwise accumulate), and stops on the largest change over ranks.
     """
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
     if not ids:
@@ -66,6 +73,7 @@ def implicit_duals(
     with torch.enable_grad():
         z0 = [None if d is None else d.detach().requires_grad_(True) for d in duals]
         state = make_plan(z0)
+        reducer = state.reducer
         sweep(state, projectors, ids, None)
         swept = list(state.duals)
         t_flat = _pack(swept)
@@ -73,9 +81,20 @@ def implicit_duals(
         # value: exactly the forward duals; gradient path: through one sweep, to theta
         out = t_flat - t_flat.detach() + _pack(duals).detach()
 
+    local = [projectors[k].footprint is ROW for k in range(len(duals))]
+
+    def symmetrize(flat: torch.Tensor) -> torch.Tensor:
+        """Replicated duals' cotangents: their mean over ranks (their sum is what counts)."""
+        if not reducer.sharded:
+            return flat
+        parts = _unpack(flat, duals)
+        parts = [p if p is None or local[k] else reducer.sum(p.detach()) / reducer.world for k, p in enumerate(parts)]
+        return _pack(parts)
+
     def adjoint(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if grad is None:
             return None
+        grad = symmetrize(grad)
         lam = grad
         scale = grad.abs().amax().clamp(min=torch.finfo(grad.dtype).tiny)
         for _ in range(max_iter):
@@ -85,10 +104,10 @@ def implicit_duals(
                 retain_graph=True, allow_unused=True,
             )
             parts = [torch.zeros_like(x) if g is None else g for g, x in zip(vjp, inputs)]
-            new = _pack(parts) + grad
-            change = float((new - lam).abs().amax())
+            new = symmetrize(_pack(parts)) + grad
+            change = reducer.max_float(float((new - lam).abs().amax()))
             lam = new
-            scale = torch.maximum(scale, lam.abs().amax())
+            scale = reducer.amax(torch.maximum(scale, lam.abs().amax()))
             if change <= tol * float(scale) or not math.isfinite(change):
                 break
         return lam
@@ -105,13 +124,15 @@ def dual_value(state: LogPlan, projectors: list[Projector], entropy: str) -> tor
     At the optimum it equals the primal value (strong duality). The plan's mass comes from its
     row marginal: no ``n x m`` array.
     """
-    total = torch.exp(safe_logsumexp(state._row_lse(), -1))  # fresh: cached marginals may lack the graph
+    # fresh: cached marginals may lack the graph
+    total = torch.exp(state.reducer.lse(safe_logsumexp(state._row_lse(), -1)))
     value = -state.eps * total
     if entropy == "kl":
         value = value + state.eps * state.reference_mass()
     for proj, d in zip(projectors, state.duals):
         if d is not None:
-            value = value + proj.dual_objective(d)
+            term = proj.dual_objective(d)
+            value = value + (state.reducer.sum(term) if proj.footprint is ROW else term)
     return value
 
 

@@ -1,0 +1,167 @@
+"""Worker for tests/test_shard.py: one rank of a gloo group solving row-sharded problems (float64).
+
+The parent saves a global problem set to ``out_dir/data.pt`` (costs, weights, groups, the row
+split); each rank takes its rows, runs every case with ``shard="rows"`` and writes its outputs
+and gradients to ``out_dir/rank{r}.pt``. The parent compares them with one process on the
+global problems. Also records the ``ValueError`` message each rank gets for bad inputs (or None
+when a rank did not raise: the parent fails on it).
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import otalign as ota
+from otalign import constraints as C
+from otalign.constraints.base import Tensor
+from otalign.solvers import ROW, Projector, Support, kl_step, register, safe_log
+
+
+class RowBand(C.Constraint):
+    """``lower <= P 1 <= upper``: a constraint type declared only through the registry."""
+
+    lower: Tensor
+    upper: Tensor
+
+
+@register(RowBand)
+class RowBandProjector(Projector):
+    hard = True
+    needs_certificate = True
+    footprint = ROW
+
+    def __init__(self, constraint, problem):
+        super().__init__(constraint, problem)
+        self.lower = problem.vector(constraint.lower, 0, "RowBand.lower")
+        self.upper = problem.vector(constraint.upper, 0, "RowBand.upper")
+        self.log_lower, self.log_upper = safe_log(self.lower), safe_log(self.upper)
+
+    def support(self):
+        return Support(rows=self.upper > 0)
+
+    def init_dual(self):
+        return torch.zeros(self.problem.batch, self.problem.n, dtype=self.problem.dtype, device=self.problem.device)
+
+    def update(self, dual, log_marginal, eps):
+        to_lower = kl_step(dual, self.log_lower, log_marginal, eps)
+        to_upper = kl_step(dual, self.log_upper, log_marginal, eps)
+        return torch.clamp(torch.zeros_like(dual), min=to_lower, max=to_upper)
+
+    def violation(self, log_marginal):
+        mu = torch.exp(log_marginal)
+        return (torch.clamp(self.lower - mu, min=0) + torch.clamp(mu - self.upper, min=0)).sum(-1)
+
+    def dual_objective(self, dual):
+        return (self.lower * dual.clamp(min=0) + self.upper * dual.clamp(max=0)).sum(-1)
+
+    def certificate(self, dual, log_marginal):
+        mu = torch.exp(log_marginal)
+        residual = torch.where(dual > 0, (mu - self.lower).clamp(min=0), torch.zeros_like(mu))
+        residual = residual + torch.where(dual < 0, (self.upper - mu).clamp(min=0), torch.zeros_like(mu))
+        return torch.zeros_like(residual[..., 0]), residual.sum(-1)
+
+
+EPS = 0.3
+SOLVE = dict(epsilon=EPS, tol=1e-13, max_iter=5000)
+
+
+def constraints(case: str, a, b, data, rows: slice):
+    """The constraint set of ``case`` with the row-side tensors ``a`` (and groups) of ``rows``."""
+    if case == "balanced":
+        return C.balanced(a, b)
+    if case == "unbalanced":
+        return C.unbalanced(0.5, a, b)
+    if case == "partial":
+        return C.partial(0.6, a, b)
+    if case == "block":
+        return C.balanced(a, b) + [C.BlockMass(row_groups=data["row_groups"][rows], col_groups=data["col_groups"],
+                                               mass=data["block_mass"])]
+    if case == "band":
+        return [RowBand(lower=0.5 * a, upper=1.5 * a), C.Marginal(axis=1, weights=b)]
+    if case == "uniform":
+        return C.unbalanced(0.5)
+    raise KeyError(case)
+
+
+CASES = ("balanced", "unbalanced", "partial", "block", "band", "uniform")
+
+
+def solve_case(case: str, grad: str, cost, a, b, data, rows: slice, **kw):
+    """Solve one case; returns the outputs and the loss that the tests differentiate:
+    ``value + <plan, W> + <g, v>`` (``W``: rows ``rows`` of a fixed matrix, ``v`` fixed)."""
+    res = ota.solve(cost, constraints(case, a, b, data, rows), grad=grad, **SOLVE, **kw)
+    loss = res.value + (res.plan * data["W"][rows]).sum() + (res.g * data["v"]).sum()
+    return res, loss
+
+
+def run(rank: int, world: int, out_dir: str) -> None:
+    _run(rank, world, out_dir)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # see ddp_worker.run: skip the interpreter teardown racing gloo's threads
+
+
+def _error(fn):
+    try:
+        fn()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _run(rank: int, world: int, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    data = torch.load(os.path.join(out_dir, "data.pt"))
+    split = data["split"][world]
+    start = sum(split[:rank])
+    rows = slice(start, start + split[rank])
+    out = {"errors": {}}
+    cost_local = data["cost"][rows]
+    # no process group yet: every rank must raise on its own
+    out["errors"]["no_group"] = _error(lambda: ota.solve(cost_local, epsilon=EPS, shard="rows"))
+
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world)
+    try:
+        a, b = data["a"][rows], data["b"]
+        for case in CASES:
+            for grad in ("implicit", "unroll"):
+                cost = cost_local.clone().requires_grad_(True)
+                aa = a.clone().requires_grad_(True)
+                bb = b.clone().requires_grad_(True)
+                kw = {}
+                if case == "uniform":
+                    res, loss = solve_case(case, grad, cost, None, None, data, rows, shard="rows")
+                else:
+                    res, loss = solve_case(case, grad, cost, aa, bb, data, rows, shard="rows", **kw)
+                loss.backward()
+                out[(case, grad)] = {
+                    "plan": res.plan.detach(), "f": res.f.detach(), "g": res.g.detach(),
+                    "value": res.value.detach(), "transport_cost": res.transport_cost.detach(),
+                    "n_iters": res.n_iters, "converged": res.converged, "loss": loss.detach(),
+                    "cost_grad": cost.grad, "a_grad": aa.grad, "b_grad": bb.grad,
+                }
+        # a point cloud whose x is this rank's shard, online backend (tiles of 2 x 3 entries)
+        x = data["x"][rows].clone().requires_grad_(True)
+        geom = ota.geometry.PointCloud(x, data["y"], backend="online", tile_bytes=6 * 8)
+        res = ota.solve(geom, C.balanced(a, b), shard="rows", **SOLVE)
+        ((res.plan * data["W"][rows]).sum() + res.value).backward()
+        out["pointcloud"] = {"plan": res.plan.detach(), "g": res.g.detach(), "value": res.value.detach(),
+                             "x_grad": x.grad}
+
+        # bad inputs: every rank must raise ValueError (none left waiting in a collective)
+        cols = data["cost"][rows] if rank else data["cost"][rows, :-1]
+        out["errors"]["columns"] = _error(lambda: ota.solve(cols, C.balanced(None, None), epsilon=EPS, shard="rows"))
+        wrong_a = torch.cat([a, a[:1]]) if rank == 0 else a
+        out["errors"]["row_length"] = _error(
+            lambda: ota.solve(cost_local, C.balanced(wrong_a, b), epsilon=EPS, shard="rows"))
+        # still in step after the errors: one more collective solve
+        res = ota.solve(cost_local, C.balanced(a, b), shard="rows", **SOLVE)
+        out["after_errors_g"] = res.g
+    finally:
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
