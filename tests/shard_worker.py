@@ -9,6 +9,7 @@ when a rank did not raise: the parent fails on it).
 
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -64,7 +65,7 @@ class RowBandProjector(Projector):
 
 
 EPS = 0.3
-SOLVE = dict(epsilon=EPS, tol=1e-13, max_iter=5000)
+SOLVE = dict(epsilon=EPS, tol=1e-13, max_iter=300, adjoint_tol=1e-14, adjoint_max_iter=80)
 
 
 def constraints(case: str, a, b, data, rows: slice):
@@ -114,6 +115,8 @@ def _error(fn):
 def _run(rank: int, world: int, out_dir: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
+    if os.environ.get("SHARD_TIMES"):
+        print(rank, "started", round(time.time() - float(os.environ["SHARD_TIMES"]), 2), file=sys.stderr)
     data = torch.load(os.path.join(out_dir, "data.pt"))
     split = data["split"][world]
     start = sum(split[:rank])
@@ -129,6 +132,7 @@ def _run(rank: int, world: int, out_dir: str) -> None:
         a, b = data["a"][rows], data["b"]
         for case in CASES:
             for grad in ("implicit", "unroll"):
+                t0 = time.time()
                 cost = cost_local.clone().requires_grad_(True)
                 aa = a.clone().requires_grad_(True)
                 bb = b.clone().requires_grad_(True)
@@ -138,19 +142,24 @@ def _run(rank: int, world: int, out_dir: str) -> None:
                 else:
                     res, loss = solve_case(case, grad, cost, aa, bb, data, rows, shard="rows", **kw)
                 loss.backward()
+                if os.environ.get("SHARD_TIMES"):
+                    print(rank, case, grad, round(time.time() - t0, 2), file=sys.stderr)
                 out[(case, grad)] = {
                     "plan": res.plan.detach(), "f": res.f.detach(), "g": res.g.detach(),
                     "value": res.value.detach(), "transport_cost": res.transport_cost.detach(),
                     "n_iters": res.n_iters, "converged": res.converged, "loss": loss.detach(),
                     "cost_grad": cost.grad, "a_grad": aa.grad, "b_grad": bb.grad,
                 }
+        t0 = time.time()
         # a point cloud whose x is this rank's shard, online backend (tiles of 2 x 3 entries)
         x = data["x"][rows].clone().requires_grad_(True)
         geom = ota.geometry.PointCloud(x, data["y"], backend="online", tile_bytes=6 * 8)
-        res = ota.solve(geom, C.balanced(a, b), shard="rows", **SOLVE)
+        res = ota.solve(geom, C.balanced(a, b), shard="rows", grad="unroll", **SOLVE)
         ((res.plan * data["W"][rows]).sum() + res.value).backward()
         out["pointcloud"] = {"plan": res.plan.detach(), "g": res.g.detach(), "value": res.value.detach(),
                              "x_grad": x.grad}
+        if os.environ.get("SHARD_TIMES"):
+            print(rank, "pointcloud", round(time.time() - t0, 2), file=sys.stderr)
 
         # bad inputs: every rank must raise ValueError (none left waiting in a collective)
         cols = data["cost"][rows] if rank else data["cost"][rows, :-1]
