@@ -97,6 +97,19 @@ def solve_case(case: str, grad: str, cost, a, b, data, rows: slice, **kw):
     return res, loss
 
 
+GCA_LOSSES = ("gca-uot", "gca-infonce", "gca-rince")
+
+
+def build_gca(name: str, **kw):
+    from otalign import contrastive as cl
+
+    if name == "gca-uot":
+        return cl.GCAUOT(epsilon=0.5, n_iter=5, rho=0.3, **kw)
+    if name == "gca-infonce":
+        return cl.GCAInfoNCE(epsilon=0.5, n_iter=5, **kw)
+    return cl.GCARINCE(epsilon=0.5, n_iter=5, **kw)
+
+
 def run(rank: int, world: int, out_dir: str) -> None:
     _run(rank, world, out_dir)
     sys.stdout.flush()
@@ -160,6 +173,22 @@ def _run(rank: int, world: int, out_dir: str) -> None:
                              "x_grad": x.grad}
         if os.environ.get("SHARD_TIMES"):
             print(rank, "pointcloud", round(time.time() - t0, 2), file=sys.stderr)
+
+        if world == 2:  # GCA losses with the plan split across the ranks
+            from otalign import contrastive as cl
+
+            B = data["za"].shape[0] // world
+            own = slice(rank * B, (rank + 1) * B)
+            out["gca"] = {}
+            for name in GCA_LOSSES:
+                za = data["za"][own].clone().requires_grad_(True)
+                zb = data["zb"][own].clone().requires_grad_(True)
+                loss_fn = build_gca(name, gather_distributed=True, shard_plan=True)
+                comp = loss_fn.forward_components(za, zb)
+                comp.loss.backward()
+                out["gca"][name] = {"loss": comp.loss.detach(), "za_grad": za.grad, "zb_grad": zb.grad,
+                                    "terms": {k: v.detach() for k, v in comp.terms.items()},
+                                    "marginal_error": comp.marginal_error, "per_anchor": comp.per_anchor.detach()}
 
         # bad inputs: every rank must raise ValueError (none left waiting in a collective)
         cols = data["cost"][rows] if rank else data["cost"][rows, :-1]

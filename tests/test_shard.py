@@ -32,6 +32,7 @@ def _data():
         "W": torch.randn(N, M, dtype=d, generator=g), "v": torch.randn(M, dtype=d, generator=g),
         "x": 0.3 * torch.randn(N, 3, dtype=d, generator=g), "y": 0.3 * torch.randn(M, 3, dtype=d, generator=g),
         "split": SPLITS,
+        "za": torch.randn(8, 5, dtype=d, generator=g), "zb": torch.randn(8, 5, dtype=d, generator=g),
     }
 
 
@@ -95,6 +96,27 @@ def test_row_sharded_solves_equal_one_process(tmp_path, world):
         _close(o["g"], ref.g.detach(), 1e-10)
         _close(o["value"], ref.value.detach(), 1e-10)
         _close(o["x_grad"], x.grad[rows], 1e-9)
+
+    if world == 2:  # GCA losses with shard_plan=True: the single process on the global batch
+        B = data["za"].shape[0] // world
+        for name in shard_worker.GCA_LOSSES:
+            za = data["za"].clone().requires_grad_(True)
+            zb = data["zb"].clone().requires_grad_(True)
+            comp = shard_worker.build_gca(name).forward_components(za, zb)
+            comp.loss.backward()
+            per_anchor = comp.per_anchor.detach()
+            for r in range(world):
+                o = outs[r]["gca"][name]
+                own = slice(r * B, (r + 1) * B)
+                _close(o["loss"], comp.loss.detach(), 1e-10)
+                _close(o["za_grad"], za.grad[own], 1e-10)
+                _close(o["zb_grad"], zb.grad[own], 1e-10)
+                for k, v in comp.terms.items():
+                    _close(o["terms"][k], v.detach(), 1e-10)
+                _close(o["marginal_error"], comp.marginal_error, 1e-10)
+                # this rank's anchors: its z_a rows, then its z_b rows
+                mine = torch.cat([per_anchor[own], per_anchor[data["za"].shape[0]:][own]])
+                _close(o["per_anchor"], mine, 1e-10)
 
     # bad inputs: the same ValueError on every rank, naming what is wrong
     for r in range(world):

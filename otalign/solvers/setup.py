@@ -234,7 +234,7 @@ def _check_shardable(projectors: list[Projector], geometry: Geometry) -> None:
     "diagonal")`` or label vectors: their reference mass needs the global labels) and ragged
     batches of point clouds."""
     for k, proj in enumerate(projectors):
-        if proj.support().forbid_labels is not None:
+        if proj.support().forbid_labels is not None or isinstance(getattr(proj.constraint, "mask", None), str):
             raise ValueError(
                 f"constraints[{k}] ({type(proj.constraint).__name__}) forbids pairs by labels (or the diagonal), "
                 "which shard='rows' does not support; expected a boolean mask of this rank's rows "
