@@ -97,6 +97,22 @@ def solve_case(case: str, grad: str, cost, a, b, data, rows: slice, **kw):
     return res, loss
 
 
+OPTIONS = {
+    "envelope": dict(grad="envelope"),
+    "overrelax": dict(overrelax="adaptive", grad="unroll"),
+    "anneal": dict(anneal=0.5, grad="unroll"),
+}
+
+def grads(world: int, case: str) -> tuple:
+    """Gradient modes checked per case: both on 2 ranks; on 3 (slower to run on a small
+    machine) implicit everywhere and unroll on the balanced case."""
+    return ("implicit", "unroll") if world == 2 or case == "balanced" else ("implicit",)
+
+
+def options(world: int) -> dict:
+    return OPTIONS if world == 2 else {"envelope": OPTIONS["envelope"]}
+
+
 GCA_LOSSES = ("gca-uot", "gca-infonce", "gca-rince")
 
 
@@ -144,7 +160,7 @@ def _run(rank: int, world: int, out_dir: str) -> None:
     try:
         a, b = data["a"][rows], data["b"]
         for case in CASES:
-            for grad in ("implicit", "unroll"):
+            for grad in grads(world, case):
                 t0 = time.time()
                 cost = cost_local.clone().requires_grad_(True)
                 aa = a.clone().requires_grad_(True)
@@ -173,6 +189,13 @@ def _run(rank: int, world: int, out_dir: str) -> None:
                              "x_grad": x.grad}
         if os.environ.get("SHARD_TIMES"):
             print(rank, "pointcloud", round(time.time() - t0, 2), file=sys.stderr)
+
+        # other options: the envelope gradient of value, adaptive over-relaxation, annealing
+        for name, kw in options(world).items():
+            cost = cost_local.clone().requires_grad_(True)
+            res = ota.solve(cost, C.unbalanced(0.5, a, b), shard="rows", **kw, **SOLVE)
+            res.value.backward()
+            out[name] = {"f": res.f.detach(), "g": res.g.detach(), "n_iters": res.n_iters, "cost_grad": cost.grad}
 
         if world == 2:  # GCA losses with the plan split across the ranks
             from otalign import contrastive as cl

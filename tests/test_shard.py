@@ -63,7 +63,7 @@ def test_row_sharded_solves_equal_one_process(tmp_path, world):
     slices = [slice(s, s + k) for s, k in zip(starts, SPLITS[world])]
 
     for case in shard_worker.CASES:
-        for grad in ("implicit", "unroll"):
+        for grad in shard_worker.grads(world, case):
             res, loss, cost_grad, a_grad, b_grad = _reference(data, case, grad)
             assert bool(res.converged), (case, grad)
             b_total = torch.zeros_like(data["b"])
@@ -96,6 +96,17 @@ def test_row_sharded_solves_equal_one_process(tmp_path, world):
         _close(o["g"], ref.g.detach(), 1e-10)
         _close(o["value"], ref.value.detach(), 1e-10)
         _close(o["x_grad"], x.grad[rows], 1e-9)
+
+    for name, kw in shard_worker.options(world).items():
+        cost = data["cost"].clone().requires_grad_(True)
+        res = ota.solve(cost, C.unbalanced(0.5, data["a"], data["b"]), **kw, **shard_worker.SOLVE)
+        res.value.backward()
+        for r, rows in enumerate(slices):
+            o = outs[r][name]
+            _close(o["f"], res.f.detach()[rows], 1e-10)
+            _close(o["g"], res.g.detach(), 1e-10)
+            assert int(o["n_iters"]) == int(res.n_iters), name
+            _close(o["cost_grad"], cost.grad[rows], 1e-9)
 
     if world == 2:  # GCA losses with shard_plan=True: the single process on the global batch
         B = data["za"].shape[0] // world
