@@ -138,3 +138,26 @@ def test_row_sharded_solves_equal_one_process(tmp_path, world):
         assert errors["columns"] == outs[0]["errors"]["columns"]
         assert errors["row_length"] == outs[0]["errors"]["row_length"]
         _close(outs[r]["after_errors_g"], outs[0]["after_errors_g"], 0.0)
+
+
+def test_shard_options_are_validated_in_one_process():
+    import otalign as ota
+    from otalign import contrastive as cl
+
+    cost = torch.rand(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shard='cols'"):
+        ota.solve(cost, epsilon=0.1, shard="cols")
+    with pytest.raises(ValueError, match="process group"):
+        ota.solve(cost, epsilon=0.1, shard="rows")
+    with pytest.raises(ValueError, match="group is given"):
+        ota.solve(cost, epsilon=0.1, group=object())
+    with pytest.raises(ValueError, match="gather_distributed"):
+        cl.GCAInfoNCE(shard_plan=True)
+    for bad in (dict(layout="cross"), dict(readout="raw"), dict(target=cl.DomainTarget(alpha=0.5, beta=0.1))):
+        with pytest.raises(ValueError, match="shard_plan=True with"):
+            cl.GCALoss(gather_distributed=True, shard_plan=True, **bad)
+    # outside torch.distributed a sharded-plan loss is the ordinary one
+    z_a, z_b = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    plain = cl.GCAUOT(n_iter=3)(z_a, z_b)
+    sharded = cl.GCAUOT(n_iter=3, gather_distributed=True, shard_plan=True)(z_a, z_b)
+    torch.testing.assert_close(sharded, plain, atol=0, rtol=0)
