@@ -1,7 +1,7 @@
 """Row-sharded solves (``shard="rows"``): per-rank peak memory and time per sweep for W ranks.
 
     python benchmarks/distributed.py                       # W = 1, 2, 4 spawned gloo ranks on CPU
-    python benchmarks/distributed.py --spawn 2 --n 8192    # one world size
+    python benchmarks/distributed.py --spawn 2 --rows 8192    # one world size
     torchrun --nproc_per_node 4 benchmarks/distributed.py  # under torchrun (NCCL when CUDA is present)
 
 Every rank builds ITS rows of one global problem (points ``x`` (n, d), ``y`` (m, d), squared
@@ -132,8 +132,9 @@ def spawn(world: int, args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=4096, help="global rows")
-    p.add_argument("--m", type=int, default=4096, help="columns")
+    # (--rows/--cols, not --n/--m: torchrun would take those for abbreviations of its own options)
+    p.add_argument("--rows", dest="n", type=int, default=4096, help="global rows n")
+    p.add_argument("--cols", dest="m", type=int, default=4096, help="columns m")
     p.add_argument("--d", type=int, default=3)
     p.add_argument("--sweeps", type=int, default=50)
     p.add_argument("--epsilon", type=float, default=0.5)
