@@ -75,13 +75,15 @@ def partial(mass: Union[float, torch.Tensor], a: Weights = None, b: Weights = No
     """Partial transport: rows ``<= a``, columns ``<= b``, total mass ``== mass``.
 
     ``0 < mass <= min(sum a, sum b)`` (checked here when the weights are known, and again at solve
-    time for uniform weights, which sum to 1).
+    time for uniform weights, which sum to 1). Under an initialised ``torch.distributed`` group of
+    several ranks, ``a`` may be this rank's slice of the row weights (``shard="rows"``): only
+    ``sum b`` is checked here, ``sum a`` at solve time over every rank's slice.
     """
     rows = Marginal(axis=0, weights=a, relation="<=")
     cols = Marginal(axis=1, weights=b, relation="<=")
     total = TotalMass(mass=mass)
     m = torch.as_tensor(total.mass, dtype=torch.float64).detach().cpu()
-    cap = torch.minimum(_total(rows.weights), _total(cols.weights))
+    cap = _total(cols.weights) if _several_ranks() else torch.minimum(_total(rows.weights), _total(cols.weights))
     excess = m - cap * (1 + 1e-9)
     if (excess > 0).any():
         raise ValueError(
@@ -89,3 +91,10 @@ def partial(mass: Union[float, torch.Tensor], a: Weights = None, b: Weights = No
             "0 < mass <= min(sum a, sum b) for partial transport"
         )
     return ConstraintSet([rows, cols, total])
+
+
+def _several_ranks() -> bool:
+    """A ``torch.distributed`` group of more than one rank is initialised (row weights may be a
+    rank's slice)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

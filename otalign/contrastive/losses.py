@@ -26,9 +26,10 @@ from torch import nn
 
 from ._checks import F32_TINY, check_bool, check_choice, check_int, check_real
 from .costs import CostSpec, check_cost
-from .distributed import gather, gather_no_grad
+from .distributed import gather, gather_no_grad, world_size
 from .divergences import KL, READOUTS, Divergence, Robust, Uniformity
 from .functional import LAYOUTS, ConstraintSpec, LossComponents, contrastive_loss, unit_marginals
+from .sharded import check_shardable, sharded_contrastive_loss
 from .targets import PairedViews, Target
 
 __all__ = ["GCALoss", "InfoNCE", "RINCE", "GCAInfoNCE", "GCARINCE", "GCAUOT", "IOT", "IOTUni", "DEFAULT_ROBUST"]
@@ -70,6 +71,12 @@ class GCALoss(nn.Module):
             the joint ``(2B, 2B)`` (see :mod:`otalign.contrastive.costs`).
         gather_distributed: under ``torch.distributed``, gather the views of all ranks
             (autograd-aware) and compute the loss of the global batch on every rank.
+        shard_plan: with ``gather_distributed``, each rank solves only its own rows of the global
+            plan (its views against the gathered batch, ``ota.solve(..., shard="rows")``): the
+            same loss, and each rank's gradient w.r.t. its views is exactly its slice of the
+            single-process gradient (no factor ``W``); memory and compute per rank fall as
+            ``1/W``. Joint layout, paired views, unit marginals, per-anchor divergences only
+            (:mod:`otalign.contrastive.sharded`, ``docs/distributed.md``).
         detach_scalings: treat the plan's scalings as constants in the backward pass (gradients
             flow only through the kernel); default False (unrolled through the iterations).
     """
@@ -87,6 +94,7 @@ class GCALoss(nn.Module):
         cost: CostSpec = "cosine",
         gather_distributed: bool = False,
         detach_scalings: bool = False,
+        shard_plan: bool = False,
     ) -> None:
         super().__init__()
         epsilon = check_real("epsilon", epsilon, low=F32_TINY,
@@ -114,6 +122,12 @@ class GCALoss(nn.Module):
                              f"cl.unit_marginals(rho)); got constraints={constraints!r}")
         if gather_distributed and not torch.distributed.is_available():
             raise ValueError("gather_distributed=True but torch.distributed is not available in this build")
+        shard_plan = check_bool("shard_plan", shard_plan)
+        if shard_plan:
+            if not gather_distributed:
+                raise ValueError("shard_plan=True needs gather_distributed=True (the plan's columns are the gathered batch)")
+            check_shardable(constraints=constraints, target=target, divergence=divergence, layout=layout,
+                            readout=readout, cost=cost)
         self.constraints = constraints
         self.target = target
         self.divergence = divergence
@@ -124,6 +138,7 @@ class GCALoss(nn.Module):
         self.cost = cost
         self.gather_distributed = gather_distributed
         self.detach_scalings = detach_scalings
+        self.shard_plan = shard_plan
 
     def forward_components(
         self,
@@ -136,6 +151,12 @@ class GCALoss(nn.Module):
     ) -> LossComponents:
         """The loss with its terms, the plan's marginal error and entropy (for logging)."""
         _check_views(z_a, z_b)
+        if self.shard_plan and world_size() > 1:
+            return sharded_contrastive_loss(
+                z_a, z_b, epsilon=self.epsilon, n_iter=self.n_iter, divergence=self.divergence,
+                constraints=self.constraints, readout=self.readout, cost=self.cost,
+                detach_scalings=self.detach_scalings, diagnostics=diagnostics,
+            )
         if self.gather_distributed:
             z_a, z_b = gather(z_a), gather(z_b)
             domains, labels = gather_no_grad(domains), gather_no_grad(labels)

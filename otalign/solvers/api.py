@@ -12,6 +12,7 @@ import torch
 
 from ..constraints import factories
 from ..warnings import NonConvergenceWarning
+from .distributed import make_reducer
 from .engine import Acceleration, Trace, center_potentials, iterate
 from .exact import solve_exact
 from .gradients import dual_value, implicit_duals
@@ -117,6 +118,8 @@ def solve(
     anneal: Optional[float] = None,
     translation: bool = True,
     warn: bool = True,
+    shard: Optional[str] = None,
+    group: Any = None,
 ) -> OTResult:
     """Solve a batch of entropic OT problems under declarative constraints.
 
@@ -170,6 +173,13 @@ def solve(
         center: centre the potentials of balanced problems (``<f, a> = <g, b>``); ``False``
             returns the duals exactly as iterated from ``init`` (e.g. the scalings ``u, v`` of
             Sinkhorn started from ``v = 1``).
+        shard: None (one process) or ``"rows"``: solve one global problem across the ranks of
+            the ``torch.distributed`` process group ``group`` (default group when None). Each
+            rank passes ITS rows: a cost block ``(n_r, m)`` / ``(B, n_r, m)`` or a point cloud
+            whose ``x`` is its shard, and constraints whose row-side tensors are its slices
+            (``weights=None`` is uniform over the global rows). ``plan``, ``log_plan``, ``f`` are
+            the local rows; ``g``, ``value``, ``n_iters``, ``converged`` are global
+            (``docs/distributed.md``). Every rank must call the solve (and backpropagate).
 
     Returns:
         An :class:`OTResult`; per-problem ``converged`` says whether ``tol`` was met.
@@ -197,15 +207,18 @@ def solve(
         anneal = check_scalar("anneal", anneal, low=0.0)
         if anneal >= 1:
             raise ValueError(f"anneal={anneal!r}; expected None or a factor in (0, 1)")
+    reducer = make_reducer(shard, group)
     if constraints is None:
         constraints = factories.balanced()
     if epsilon is None:
         raise ValueError("epsilon=None; expected a finite number >= 0 (0: exact OT)")
+    if _is_zero(epsilon) and reducer.sharded:
+        raise ValueError("epsilon=0 with shard='rows'; the exact solver runs on one process (expected epsilon > 0)")
     if _is_zero(epsilon):
         if init is not None:
             raise ValueError("init is given with epsilon=0; the exact solver (network simplex) takes no warm start")
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
-    prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy)
+    prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy, reducer=reducer)
     epsilon = float(epsilon)
     if tol is None:
         tol = default_tol(prep.problem.dtype)
@@ -215,7 +228,7 @@ def solve(
 
     def make_plan(duals, inplace=False):
         return make_log_plan(prep.geometry, epsilon, prep.log_ra, prep.log_rb, prep.terms, footprints, duals,
-                             inplace=inplace)
+                             inplace=inplace, reducer=reducer)
 
     with torch.no_grad():
         duals = _initial_duals(prep, init)
@@ -223,7 +236,7 @@ def solve(
     acc = Acceleration(
         kernel=method == "auto",
         overrelax=overrelax,
-        anneal=None if anneal is None else (prep.geometry.extent()[1], anneal),
+        anneal=None if anneal is None else (reducer.max_float(prep.geometry.extent()[1]), anneal),
         stage_iters=check_every,
         translation=translation,
     )

@@ -88,11 +88,13 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Te
         if proj.footprint is None:
             continue
         log_mu = plan.log_marginal(proj.footprint)
+        # a row constraint's terms are sums over the rows: add up the ranks' parts (row sharding)
+        total = plan.reducer.sum if proj.footprint is ROW else _same
         if proj.hard:
-            err = torch.maximum(err, proj.violation(log_mu))
-        gap = gap + proj.gap(plan.duals[k], log_mu)
+            err = torch.maximum(err, total(proj.violation(log_mu)))
+        gap = gap + total(proj.gap(plan.duals[k], log_mu))
         if proj.needs_certificate:
-            part, residual = proj.certificate(plan.duals[k], log_mu)
+            part, residual = (total(t) for t in proj.certificate(plan.duals[k], log_mu))
             smooth = smooth + torch.clamp(part, min=0.0)  # negative: rounding
             err = torch.maximum(err, residual)
             certify = True
@@ -102,11 +104,15 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Te
     return err, gap
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def _finite(plan: LogPlan, ids: list[int]) -> torch.Tensor:
     ok = torch.ones(plan.batch, dtype=torch.bool, device=plan.log_ra.device)
     for k in ids:
         ok = ok & torch.isfinite(plan.duals[k]).reshape(plan.batch, -1).all(-1)
-    return ok
+    return plan.reducer.all(ok)
 
 
 def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -151,6 +157,7 @@ def translate(plan: LogPlan, projectors: list[Projector], pair: tuple[int, int],
     """
     kr, kc = pair
     kind_a, log_a, rho_a = projectors[kr].translation(plan.duals[kr])
+    log_a = plan.reducer.lse(log_a)  # a log of a sum over the rows
     kind_b, log_b, rho_b = projectors[kc].translation(plan.duals[kc])
     if kind_a == "exp" and kind_b == "exp":
         t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
@@ -315,7 +322,7 @@ def iterate(
                 # no movement measured yet: enter the kernel domain now if nothing significant
                 # underflows, so that even this first check reads the marginals by mat-vec products
                 plan.absorb_if_safe_at_start(safe)
-            elif plan.mode == "kernel" and _largest(plan.kernel_drift(), active) > safe:
+            elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), active)) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
             err, gap_now = measure_errors(plan, projectors)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
@@ -409,7 +416,7 @@ def _choose_domain(plan: LogPlan, before_last, active: torch.Tensor, safe: float
     measures the error."""
     F0, G0 = before_last
     step = torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
-    projected = check_every * _largest(step, active)
+    projected = check_every * plan.reducer.max_float(_largest(step, active))
     if not math.isfinite(projected) or projected > 2 * safe:
         plan.leave_kernel()
     elif plan.mode == "log":
@@ -433,9 +440,9 @@ def center_potentials(plan: LogPlan, projectors: list[Projector]) -> None:
     a = torch.where(pr.weights > 0, pr.weights, torch.zeros_like(pr.weights))
     b = torch.where(pc.weights > 0, pc.weights, torch.zeros_like(pc.weights))
     f, g = plan.duals[kr], plan.duals[kc]
-    total = a.sum(-1) + b.sum(-1)  # 0 for a problem of zero mass, whose potentials are all padding
+    total = plan.reducer.sum(a.sum(-1)) + b.sum(-1)  # 0 for a problem of zero mass, whose potentials are all padding
     positive = total > 0
-    c = ((g * b).sum(-1) - (f * a).sum(-1)) / torch.where(positive, total, torch.ones_like(total))
+    c = ((g * b).sum(-1) - plan.reducer.sum((f * a).sum(-1))) / torch.where(positive, total, torch.ones_like(total))
     c = torch.where(positive, c, torch.zeros_like(c))
     plan.set_dual(kr, f + c[:, None])
     plan.set_dual(kc, g - c[:, None])

@@ -33,13 +33,22 @@ def _close(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def check_feasible(prep: "Prepared") -> None:
+    """Raise ``ValueError`` on an infeasible constraint set. Row sharding: totals over the rows
+    are summed over the ranks (``prep.reducer``), so checks 1-3 raise on every rank alike."""
     projs = prep.projectors
+    red = prep.reducer
+
+    def total(p) -> torch.Tensor:
+        """``(B',)`` total weight of a marginal (over every rank's rows for a row marginal)."""
+        t = p.weights.sum(-1)
+        return red.sum(t) if p.axis == 0 else t
+
     marg = [(k, p) for k, p in enumerate(projs) if isinstance(p, MarginalProjector)]
     eq = {ax: [(k, p) for k, p in marg if p.axis == ax and p.is_hard_equality] for ax in (0, 1)}
     caps = {ax: [(k, p) for k, p in marg if p.axis == ax and p.relation == "<="] for ax in (0, 1)}
 
     # 1. hard equalities must agree on the total mass
-    totals = [(k, p, p.weights.sum(-1)) for ax in (0, 1) for k, p in eq[ax]]
+    totals = [(k, p, total(p)) for ax in (0, 1) for k, p in eq[ax]]
     for (k1, p1, t1), (k2, p2, t2) in zip(totals, totals[1:]):
         if not bool(_close(t1, t2).all()):
             raise ValueError(
@@ -54,14 +63,14 @@ def check_feasible(prep: "Prepared") -> None:
             continue
         for ax in (0, 1):
             for k2, p2 in eq[ax]:
-                t = p2.weights.sum(-1)
+                t = total(p2)
                 if not bool(_close(p.mass, t).all()):
                     raise ValueError(
                         f"constraints[{k}] (TotalMass) has mass={_fmt(p.mass)} but constraints[{k2}] "
                         f"fixes the axis-{ax} marginal to total {_fmt(t)}; expected equal masses"
                     )
             for k2, p2 in caps[ax]:
-                t = p2.weights.sum(-1)
+                t = total(p2)
                 if bool((p.mass > t * (1 + RTOL)).any()):
                     raise ValueError(
                         f"constraints[{k}] (TotalMass) has mass={_fmt(p.mass)} above the total "
@@ -76,12 +85,13 @@ def check_feasible(prep: "Prepared") -> None:
         fp = p.footprint
         for ax, groups, count in ((0, fp.row_groups, fp.n_row_groups), (1, fp.col_groups, fp.n_col_groups)):
             other = fp.col_groups if ax == 0 else fp.row_groups
-            covers = bool((other >= 0).all())  # the blocks of a group span the whole other axis
+            covers = bool(red.all((other >= 0).all()) if ax == 1 else (other >= 0).all())  # blocks span the other axis
             block_sums = p.mass.sum(-1 if ax == 0 else -2)  # (B', groups on this axis)
             onehot = torch.nn.functional.one_hot(groups.remainder(count + 1), count + 1)[..., :count]
             for k2, p2 in eq[ax] + caps[ax]:
                 w = p2.weights.expand(groups.shape[0], -1)
                 group_w = torch.einsum("bi,big->bg", w, onehot.to(w.dtype))
+                group_w = red.sum(group_w) if ax == 0 else group_w
                 side = "row" if ax == 0 else "column"
                 if p.relation == "==":
                     too_much = bool((block_sums > group_w * (1 + RTOL) + 1e-12).any())
@@ -102,7 +112,7 @@ def check_feasible(prep: "Prepared") -> None:
     live_rows = torch.isfinite(prep.log_ra)
     live_cols = torch.isfinite(prep.log_rb)
     labels = prep.terms.forbid_labels
-    if prep.allowed is None and not labels and bool(live_rows.all()) and bool(live_cols.all()):
+    if prep.allowed is None and not labels and bool(red.all(live_rows.all())) and bool(live_cols.all()):
         return
     B, n, m = live_rows.shape[0], live_rows.shape[1], live_cols.shape[1]
     if prep.allowed is not None or B * n * m <= DENSE_CHECK:
@@ -110,7 +120,7 @@ def check_feasible(prep: "Prepared") -> None:
         for row_labels, col_labels in labels:
             allowed = allowed & ~((row_labels[:, :, None] == col_labels[:, None, :]) & (row_labels[:, :, None] >= 0))
         reach_rows = (allowed & live_cols[:, None, :]).any(-1) & live_rows  # (B, n)
-        reach_cols = (allowed & live_rows[:, :, None]).any(-2) & live_cols  # (B, m)
+        reach_cols = ~red.all(~(allowed & live_rows[:, :, None]).any(-2)) & live_cols  # (B, m), over every rank
     else:  # a lazy geometry: count the live partners that each label excludes, constraint by constraint
         reach_rows, reach_cols = live_rows.clone(), live_cols.clone()
         for row_labels, col_labels in labels:

@@ -22,6 +22,7 @@ gradients at the solution:
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -29,6 +30,7 @@ from typing import Optional
 import torch
 
 from .engine import sweep
+from .footprint import ROW
 from .plan import LogPlan
 from .problem import safe_logsumexp
 from .registry import Projector
@@ -170,6 +172,13 @@ def implicit_duals(
     ``lam <- J^T lam + dL/dd*`` continues from its best iterate for the remaining budget. The
     outcome is recorded in the returned :class:`AdjointReport` (and warned about with
     :class:`~otalign.NonConvergenceWarning` when ``warn``).
+
+    Row sharding (the plan's ``reducer``): each rank holds a copy of the replicated duals (every
+    footprint but ``ROW``) and its cotangent for that copy; only their sum over ranks is the
+    adjoint of the global problem. The sharded backward runs the fixed-point iteration (GMRES's
+    inner products would need a collective each), replacing the copies by their mean over ranks
+    after every VJP (the differences between copies are a fixed direction of the extended
+    iteration, which would otherwise accumulate), and stops on the largest change over ranks.
     """
     report = AdjointReport(tol=tol)
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
@@ -178,6 +187,7 @@ def implicit_duals(
     with torch.enable_grad():
         z0 = [None if d is None else d.detach().requires_grad_(True) for d in duals]
         state = make_plan(z0)
+        reducer = state.reducer
         sweep(state, projectors, ids, None)
         swept = list(state.duals)
         t_flat = _pack(swept)
@@ -193,26 +203,59 @@ def implicit_duals(
         )
         return _pack([torch.zeros_like(x) if g is None else g for g, x in zip(vjp, inputs)])
 
+    local = [projectors[k].footprint is ROW for k in range(len(duals))]
+
+    def symmetrize(flat: torch.Tensor) -> torch.Tensor:
+        """Replicated duals' cotangents: their mean over ranks (their sum is what counts)."""
+        if not reducer.sharded:
+            return flat
+        parts = _unpack(flat, duals)
+        parts = [p if p is None or local[k] else reducer.sum(p.detach()) / reducer.world for k, p in enumerate(parts)]
+        return _pack(parts)
+
+    def sharded_fixed_point(grad: torch.Tensor):
+        grad = symmetrize(grad)
+        lam = grad
+        scale = grad.abs().amax().clamp(min=torch.finfo(grad.dtype).tiny)
+        change, used = math.inf, 0
+        while used < max_iter:
+            new = symmetrize(jt(lam)) + grad
+            used += 1
+            change = reducer.max_float(float((new - lam).abs().amax()))
+            lam = new
+            scale = reducer.amax(torch.maximum(scale, lam.abs().amax()))
+            if change <= tol * float(scale) or not math.isfinite(change):
+                break
+        rel = torch.full((grad.shape[0],), change / float(scale), dtype=grad.dtype, device=grad.device)
+        return lam, rel, used
+
+    def gmres_then_fixed_point(grad: torch.Tensor):
+        lam, rel, used = gmres(lambda v: v - jt(v), grad, grad, tol=tol, max_iter=max_iter)
+        if not bool((rel > tol).any()) or used >= max_iter:
+            return lam, rel, used, "gmres"
+        scale = grad.norm(dim=-1).clamp(min=torch.finfo(grad.dtype).tiny)
+        fp = lam
+        while used < max_iter:
+            step = jt(fp) + grad
+            used += 1
+            res_fp = (step - fp).norm(dim=-1) / scale  # residual of the linear system at fp
+            better = res_fp < rel
+            lam = torch.where(better[:, None], fp, lam)
+            rel = torch.where(better, res_fp, rel)
+            fp = step
+            if bool((rel <= tol).all()) or not bool(torch.isfinite(step).all()):
+                break
+        return lam, rel, used, "gmres+fixed-point"
+
     def adjoint(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if grad is None:
             return None
         with torch.no_grad():
-            lam, rel, used = gmres(lambda v: v - jt(v), grad, grad, tol=tol, max_iter=max_iter)
-            method = "gmres"
-            if bool((rel > tol).any()) and used < max_iter:
-                method = "gmres+fixed-point"
-                scale = grad.norm(dim=-1).clamp(min=torch.finfo(grad.dtype).tiny)
-                fp = lam
-                while used < max_iter:
-                    step = jt(fp) + grad
-                    used += 1
-                    res_fp = (step - fp).norm(dim=-1) / scale  # residual of the linear system at fp
-                    better = res_fp < rel
-                    lam = torch.where(better[:, None], fp, lam)
-                    rel = torch.where(better, res_fp, rel)
-                    fp = step
-                    if bool((rel <= tol).all()) or not bool(torch.isfinite(step).all()):
-                        break
+            if reducer.sharded:
+                lam, rel, used = sharded_fixed_point(grad)
+                method = "fixed-point (sharded)"
+            else:
+                lam, rel, used, method = gmres_then_fixed_point(grad)
         converged = rel <= tol
         report.converged, report.residual, report.n_iters, report.method = converged, rel, used, method
         if warn and not bool(converged.all()):
@@ -238,13 +281,15 @@ def dual_value(state: LogPlan, projectors: list[Projector], entropy: str) -> tor
     At the optimum it equals the primal value (strong duality). The plan's mass comes from its
     row marginal: no ``n x m`` array.
     """
-    total = torch.exp(safe_logsumexp(state._row_lse(), -1))  # fresh: cached marginals may lack the graph
+    # fresh: cached marginals may lack the graph
+    total = torch.exp(state.reducer.lse(safe_logsumexp(state._row_lse(), -1)))
     value = -state.eps * total
     if entropy == "kl":
         value = value + state.eps * state.reference_mass()
     for proj, d in zip(projectors, state.duals):
         if d is not None:
-            value = value + proj.dual_objective(d)
+            term = proj.dual_objective(d)
+            value = value + (state.reducer.sum(term) if proj.footprint is ROW else term)
     return value
 
 

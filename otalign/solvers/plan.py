@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 
 from ..geometry.base import Geometry, PairTerms
+from .distributed import IDENTITY, Reducer
 from .footprint import COL, ROW, SCALAR, Footprint, Groups
 from .problem import safe_logsumexp
 
@@ -124,7 +125,13 @@ class LogPlan:
         footprints: one per constraint, None for constraints without a dual.
         duals: the initial duals, aligned with ``footprints`` (None where no dual).
         inplace: no autograd through the iterations (allows the kernel domain).
+
+    ``reducer`` (:mod:`otalign.solvers.distributed`) combines the reductions over rows across the
+    ranks of a row-sharded solve (column, total and block marginals, the reference mass); the
+    identity otherwise.
     """
+
+    reducer: Reducer = IDENTITY
 
     def __init__(
         self,
@@ -267,8 +274,8 @@ class LogPlan:
         ra, rb = torch.exp(self.log_ra), torch.exp(self.log_rb)
         mask = self.static_terms.mask
         if mask is not None:
-            return torch.einsum("bi,bij,bj->b", ra, mask.expand(self.batch, -1, -1).to(ra.dtype), rb)
-        total = ra.sum(-1) * rb.sum(-1)
+            return self.reducer.sum(torch.einsum("bi,bij,bj->b", ra, mask.expand(self.batch, -1, -1).to(ra.dtype), rb))
+        total = self.reducer.sum(ra.sum(-1)) * rb.sum(-1)
         labels = self.static_terms.forbid_labels
         # pairs forbidden by any of the label constraints, by inclusion-exclusion over them
         for size in range(1, len(labels) + 1):
@@ -284,19 +291,19 @@ class LogPlan:
             return self._log_row
         if footprint is COL:
             if self._log_col is None:
-                self._log_col = self._col_lse()
+                self._log_col = self.reducer.lse(self._col_lse())
             return self._log_col
         if footprint is SCALAR:
             if self._log_total is None:
-                source = self._log_row if self._log_row is not None else self._log_col
-                if source is None:
-                    source = self.log_marginal(ROW)
-                self._log_total = safe_logsumexp(source, -1)
+                if self._log_row is None and self._log_col is not None:
+                    self._log_total = safe_logsumexp(self._log_col, -1)  # already over every rank
+                else:
+                    self._log_total = self.reducer.lse(safe_logsumexp(self.log_marginal(ROW), -1))
             return self._log_total
         if isinstance(footprint, Groups):
             key = id(footprint)
             if key not in self._log_groups:
-                self._log_groups[key] = self._group_lse(footprint)
+                self._log_groups[key] = self.reducer.lse(self._group_lse(footprint))
             return self._log_groups[key]
         raise TypeError(f"unknown footprint {footprint!r}")
 
@@ -448,9 +455,10 @@ class DenseLogPlan(LogPlan):
         if not self.kernel_capable:
             return False
         buf = self._log_plan_into_buffer()
-        rows, cols = buf.amax(-1), buf.amax(-2)
+        rows, cols = buf.amax(-1), self.reducer.amax(buf.amax(-2))
         floor = exp_floor(buf.dtype) + safe
-        if not (bool(((rows > floor) | (rows == _NEG_INF)).all()) and bool(((cols > floor) | (cols == _NEG_INF)).all())):
+        fine = ((rows > floor) | (rows == _NEG_INF)).all() & ((cols > floor) | (cols == _NEG_INF)).all()
+        if not bool(self.reducer.all(fine)):
             return False
         self._exponentiate_buffer()
         return True
@@ -777,7 +785,10 @@ def _same_label_mass(ra: torch.Tensor, rb: torch.Tensor, labels: tuple) -> torch
     return (sum_r * sum_c).sum(-1)
 
 
-def make_log_plan(geometry: Geometry, *args, **kwargs) -> LogPlan:
-    """A :class:`DenseLogPlan` for a geometry that holds its cost, a streaming one otherwise."""
+def make_log_plan(geometry: Geometry, *args, reducer: Reducer = IDENTITY, **kwargs) -> LogPlan:
+    """A :class:`DenseLogPlan` for a geometry that holds its cost, a streaming one otherwise
+    (``reducer``: the row-sharding reducer, identity for one process)."""
     cls = DenseLogPlan if geometry.is_dense else LogPlan
-    return cls(geometry, *args, **kwargs)
+    plan = cls(geometry, *args, **kwargs)
+    plan.reducer = reducer
+    return plan

@@ -46,6 +46,7 @@ class Problem:
     dense: bool = True  # the geometry holds its cost (pair masks are allowed)
     valid_rows: Optional[torch.Tensor] = None  # (B', n) bool: real rows of a ragged batch
     valid_cols: Optional[torch.Tensor] = None
+    rows_total: Optional[int] = None  # row-sharded solve: rows over every rank (uniform weights 1/rows_total)
 
     def size(self, axis: int) -> int:
         return self.n if axis == 0 else self.m
@@ -54,13 +55,14 @@ class Problem:
         """Per-row (axis 0) or per-column (axis 1) data as ``(B', size)``, ``B'`` in ``{1, B}``.
 
         ``None`` gives uniform weights: ``1/size``, or ``1/count`` over the real points of a ragged
-        batch (0 on padding).
+        batch (0 on padding); rows of a row-sharded solve get ``1/rows_total`` (the global count).
         """
         size = self.size(axis)
         if value is None:
             valid = self.valid_rows if axis == 0 else self.valid_cols
             if valid is None:
-                return torch.full((1, size), 1.0 / size, dtype=self.dtype, device=self.device)
+                total = self.rows_total if axis == 0 and self.rows_total is not None else size
+                return torch.full((1, size), 1.0 / total, dtype=self.dtype, device=self.device)
             count = valid.sum(-1, keepdim=True).clamp(min=1).to(self.dtype)
             return valid.to(self.dtype) / count
         t = self.to_compute(value, field)

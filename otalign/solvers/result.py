@@ -56,6 +56,11 @@ class OTResult:
             the last 200 sweeps): more sweeps would not help (``tol`` below the dtype's floor, or
             an epsilon too small for the iteration).
         grad: the gradient mode the result was computed with (see ``docs/gradients.md``).
+
+    Row-sharded solves (``shard="rows"``, ``docs/distributed.md``): ``plan``, ``log_plan``,
+    ``f``, the row marginal and the row duals are this rank's rows; everything else is global and
+    identical on every rank, with a gradient scaled by ``1/W`` so that backpropagating it on every
+    rank counts it once.
     """
 
     def __init__(
@@ -105,6 +110,14 @@ class OTResult:
                     "solved. Read them before modifying it, or pass a copy (cost.clone()) to the solve"
                 )
     # -- helpers ------------------------------------------------------------------------------
+    @property
+    def _reducer(self):
+        return self._state.reducer
+
+    def _rep(self, t: torch.Tensor) -> torch.Tensor:
+        """A global output of a row-sharded solve (the identity for one process)."""
+        return self._reducer.replicated(t)
+
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():
             t = t.to(self._dtype)
@@ -165,23 +178,24 @@ class OTResult:
     @property
     def g(self) -> torch.Tensor:
         live = torch.isfinite(self._state.log_rb)
-        return self._out(torch.where(live, self._state.G, torch.zeros_like(self._state.G)))
+        return self._out(self._rep(torch.where(live, self._state.G, torch.zeros_like(self._state.G))))
 
     @property
     def duals(self) -> tuple[Optional[torch.Tensor], ...]:
-        return tuple(None if d is None else self._out(d) for d in self._state.duals)
+        return tuple(None if d is None else self._out(d if p.footprint is ROW else self._rep(d))
+                     for p, d in zip(self._projectors, self._state.duals))
 
     @property
     def marginals(self) -> tuple[torch.Tensor, torch.Tensor]:
         row, col = self._log_marginals
-        return self._out(torch.exp(row)), self._out(torch.exp(col))
+        return self._out(torch.exp(row)), self._out(self._rep(torch.exp(col)))
 
     # -- values -------------------------------------------------------------------------------
     @cached_property
     def _transport_cost(self) -> torch.Tensor:
         self._check_inputs()
         st = self._state
-        return st.transport_cost(self._plan if st.geometry.is_dense else None)
+        return st.reducer.sum(st.transport_cost(self._plan if st.geometry.is_dense else None))
 
     @cached_property
     def _value(self) -> torch.Tensor:
@@ -191,7 +205,7 @@ class OTResult:
         term for ``entropy="kl"`` only; ``"shannon"`` drops it), plus the penalties."""
         self._check_inputs()
         st = self._state
-        value = -self.epsilon * torch.exp(safe_logsumexp(st.log_marginal(ROW), -1))
+        value = -self.epsilon * torch.exp(st.reducer.lse(safe_logsumexp(st.log_marginal(ROW), -1)))
         if self.entropy == "kl":
             value = value + self.epsilon * st.reference_mass()
         for proj, dual in zip(self._projectors, st.duals):
@@ -200,7 +214,8 @@ class OTResult:
             log_mu = st.log_marginal(proj.footprint)
             mu = torch.exp(log_mu)
             inner = torch.where(mu > 0, dual * mu, torch.zeros_like(mu)).reshape(st.batch, -1).sum(-1)
-            value = value + inner + proj.penalty(log_mu)
+            term = inner + proj.penalty(log_mu)
+            value = value + (st.reducer.sum(term) if proj.footprint is ROW else term)
         return value
 
     @cached_property
@@ -211,13 +226,13 @@ class OTResult:
     @property
     def value(self) -> torch.Tensor:
         if self._envelope_fn is not None:
-            v = self._envelope_value.to(self._dtype)
+            v = self._rep(self._envelope_value).to(self._dtype)
             return v if self._batched else v[0]
-        return self._out(self._value)
+        return self._out(self._rep(self._value))
 
     @property
     def transport_cost(self) -> torch.Tensor:
-        return self._out(self._transport_cost)
+        return self._out(self._rep(self._transport_cost))
 
     def apply(self, v: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``P @ v``, or ``P^T @ v`` with ``transpose=True``, without an ``n x m`` array on a
@@ -249,6 +264,8 @@ class OTResult:
             w = w[None]
         w = w.expand(st.batch, -1, -1)
         out = st.apply(w, transpose, self._plan if st.geometry.is_dense else None)
+        if transpose:  # P^T u sums over the rows: over every rank's
+            out = self._rep(st.reducer.sum(out))
         if squeeze:
             out = out[..., 0]
         if not batched:
@@ -268,7 +285,8 @@ class OTResult:
     @property
     def mass(self) -> torch.Tensor:
         """``(B,)`` total mass of the plan."""
-        return self._out(torch.exp(safe_logsumexp(self._log_marginals[0], -1)))
+        total = self._reducer.lse(safe_logsumexp(self._log_marginals[0], -1))
+        return self._out(self._rep(torch.exp(total)))
 
     # -- convergence --------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from . import projectors as _builtin  # noqa: F401  (registers the built-in proj
 from .feasibility import check_feasible
 from ..geometry import as_geometry
 from ..geometry.base import Geometry, PairTerms
+from .distributed import IDENTITY, Reducer
 from .problem import Problem, safe_log, safe_logsumexp
 from .registry import Projector, projector_for
 
@@ -75,6 +76,7 @@ class Prepared:
     terms: PairTerms  # forbidden pairs: a (B', n, m) mask (dense geometries) and/or labels
     batched: bool  # outputs keep a batch dimension
     out_dtype: torch.dtype
+    reducer: Reducer = IDENTITY  # row sharding: cross-rank sums (identity for one process)
 
     @property
     def allowed(self) -> Optional[torch.Tensor]:
@@ -116,24 +118,59 @@ def _batch_size(geometry: Geometry, constraints: ConstraintSet, classes: list[ty
     return next(iter(real), 1)
 
 
-def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: str) -> Prepared:
+def _sharded_sizes(reducer: Reducer, n: int, m: int, B: int) -> int:
+    """Row sharding: the columns and the batch must agree across ranks (``ValueError`` on every
+    rank otherwise); returns the total number of rows."""
+    ns, ms, bs = reducer.sizes(n), reducer.sizes(m), reducer.sizes(B)
+    if len(set(ms)) > 1:
+        raise ValueError(
+            f"cost has {ms} columns on ranks 0..{len(ms) - 1}; expected the same (global) columns on every "
+            "rank with shard='rows' (each rank passes its rows against all columns)"
+        )
+    if len(set(bs)) > 1:
+        raise ValueError(f"the batch sizes are {bs} on ranks 0..{len(bs) - 1}; expected the same batch B on every rank")
+    return sum(ns)
+
+
+def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: str,
+            reducer: Reducer = IDENTITY) -> Prepared:
     """Validate everything and build the projectors; raises ``ValueError`` naming the field.
 
-    ``cost``: a :class:`~otalign.geometry.Geometry`, or a tensor (wrapped in ``Dense``)."""
-    geometry = as_geometry(cost)
-    dtype, device = geometry.dtype, geometry.device
-    if epsilon is not None:  # None: exact solve, no entropic term
-        epsilon = check_scalar("epsilon", epsilon, low=0.0)
-        check_resolution(geometry.extent()[0], epsilon, dtype)
-    if entropy not in ENTROPIES:
-        raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
-    cset = as_constraint_set(constraints)
-    classes = [projector_for(c) for c in cset]
-    B = _batch_size(geometry, cset, classes)
+    ``cost``: a :class:`~otalign.geometry.Geometry`, or a tensor (wrapped in ``Dense``).
+    ``reducer``: a row-sharded solve's (:mod:`otalign.solvers.distributed`): the cost and the
+    row-side tensors are this rank's rows; a ``ValueError`` met on any rank is raised on every
+    rank (the ranks exchange a flag before any collective that could hang)."""
+    error: Optional[ValueError] = None
+    try:
+        geometry = as_geometry(cost)
+        dtype, device = geometry.dtype, geometry.device
+        if epsilon is not None:  # None: exact solve, no entropic term
+            epsilon = check_scalar("epsilon", epsilon, low=0.0)
+        if entropy not in ENTROPIES:
+            raise ValueError(f"entropy={entropy!r}; expected one of {ENTROPIES}")
+        cset = as_constraint_set(constraints)
+        classes = [projector_for(c) for c in cset]
+        B = _batch_size(geometry, cset, classes)
+    except ValueError as exc:
+        if not reducer.sharded:
+            raise
+        error = exc
+    reducer.agree(error)
     n, m = geometry.n, geometry.m
+    rows_total = _sharded_sizes(reducer, n, m, B) if reducer.sharded else None
+    if epsilon is not None:
+        check_resolution(reducer.max_float(geometry.extent()[0]), epsilon, dtype)
     problem = Problem(n=n, m=m, batch=B, dtype=dtype, device=device, entropy=entropy, dense=geometry.is_dense,
-                      valid_rows=geometry.valid_rows, valid_cols=geometry.valid_cols)
-    projectors = [cls(c, problem) for c, cls in zip(cset, classes)]
+                      valid_rows=geometry.valid_rows, valid_cols=geometry.valid_cols, rows_total=rows_total)
+    try:
+        projectors = [cls(c, problem) for c, cls in zip(cset, classes)]
+        if reducer.sharded:
+            _check_shardable(projectors, geometry)
+    except ValueError as exc:
+        if not reducer.sharded:
+            raise
+        error = exc
+    reducer.agree(error)
 
     rows = torch.ones(B, n, dtype=torch.bool, device=device)
     cols = torch.ones(B, m, dtype=torch.bool, device=device)
@@ -179,10 +216,33 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
         terms=PairTerms(mask=pairs, forbid_labels=labels),
         batched=geometry.batched_input or B > 1,
         out_dtype=geometry.out_dtype,
+        reducer=reducer,
     )
     _check_reference_mass(prepared, entropy)
-    check_feasible(prepared)
+    try:
+        check_feasible(prepared)
+    except ValueError as exc:  # the row checks are local: every rank raises
+        if not reducer.sharded:
+            raise
+        error = exc
+    reducer.agree(error)
     return prepared
+
+
+def _check_shardable(projectors: list[Projector], geometry: Geometry) -> None:
+    """What a row-sharded solve cannot take: pairs forbidden by labels (``C.Forbid(mask=
+    "diagonal")`` or label vectors: their reference mass needs the global labels) and ragged
+    batches of point clouds."""
+    for k, proj in enumerate(projectors):
+        if proj.support().forbid_labels is not None or isinstance(getattr(proj.constraint, "mask", None), str):
+            raise ValueError(
+                f"constraints[{k}] ({type(proj.constraint).__name__}) forbids pairs by labels (or the diagonal), "
+                "which shard='rows' does not support; expected a boolean mask of this rank's rows "
+                "(C.Forbid(mask=local_mask), shape (n_local, m))"
+            )
+    if geometry.valid_rows is not None or geometry.valid_cols is not None:
+        raise ValueError("the geometry is a ragged batch (padded points), which shard='rows' does not support; "
+                         "expected point clouds without padding")
 
 
 def _check_reference_mass(prep: Prepared, entropy: str) -> None:
@@ -191,7 +251,7 @@ def _check_reference_mass(prep: Prepared, entropy: str) -> None:
     dtype = prep.problem.dtype
     limit = math.log(torch.finfo(dtype).max) - math.log(16.0)
     with torch.no_grad():
-        log_a = safe_logsumexp(prep.log_ra, -1)
+        log_a = prep.reducer.lse(safe_logsumexp(prep.log_ra, -1))
         log_b = safe_logsumexp(prep.log_rb, -1)
         worst = torch.maximum(log_a, log_b)
         if entropy == "kl":
