@@ -8,6 +8,7 @@
 
 from . import constraints, costs, geometry
 from .barycenters import BarycenterResult, barycenter
+from .samples import SinkhornDivergence, sinkhorn_divergence
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
 from .warnings import NonConvergenceWarning
 
@@ -24,6 +25,8 @@ __all__ = [
     "OTResult",
     "barycenter",
     "BarycenterResult",
+    "sinkhorn_divergence",
+    "SinkhornDivergence",
     "NonConvergenceWarning",
     "__version__",
 ]
