@@ -6,7 +6,7 @@
 >>> res.plan, res.f, res.g, res.value, res.converged
 """
 
-from . import constraints, costs, geometry
+from . import constraints, costs, da, geometry
 from .barycenters import BarycenterResult, barycenter
 from .samples import SinkhornDivergence, sinkhorn_divergence
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
@@ -18,6 +18,7 @@ __all__ = [
     "constraints",
     "costs",
     "geometry",
+    "da",
     "solve",
     "sinkhorn",
     "unbalanced",
