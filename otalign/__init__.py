@@ -7,7 +7,7 @@
 """
 
 from . import constraints, costs, da, geometry
-from .barycenters import BarycenterResult, barycenter
+from .barycenters import BarycenterResult, PointsBarycenter, barycenter, barycenter_points
 from .samples import SinkhornDivergence, sinkhorn_divergence
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
 from .warnings import NonConvergenceWarning
@@ -26,6 +26,8 @@ __all__ = [
     "OTResult",
     "barycenter",
     "BarycenterResult",
+    "barycenter_points",
+    "PointsBarycenter",
     "sinkhorn_divergence",
     "SinkhornDivergence",
     "NonConvergenceWarning",

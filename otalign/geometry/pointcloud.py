@@ -214,10 +214,14 @@ class PointCloud(Geometry):
     # -- costs ------------------------------------------------------------------------------------
     def cost_tile(self, rows: slice, cols: slice) -> torch.Tensor:
         xs, ys = self.x[:, rows], self.y[:, cols]
+        if xs.shape[0] != ys.shape[0]:  # a 2-D cloud shared by the batch of the other
+            B = max(xs.shape[0], ys.shape[0])
+            xs, ys = xs.expand(B, -1, -1), ys.expand(B, -1, -1)
         if self.cost == "sqeuclidean":
             return _costs.sqeuclidean(xs, ys)
         if self.cost == "cosine":
-            return 1.0 - self._u[:, rows] @ self._v[:, cols].transpose(1, 2)
+            u, v = self._u[:, rows], self._v[:, cols]
+            return 1.0 - u.expand(xs.shape[0], -1, -1) @ v.expand(xs.shape[0], -1, -1).transpose(1, 2)
         if self.cost == "neg_dot":
             return -(xs @ ys.transpose(1, 2))
         out = self.cost(xs, ys)
