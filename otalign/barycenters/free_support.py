@@ -111,8 +111,10 @@ def barycenter_points(
             geom = PointCloud(z, clouds_in if cl.ragged else X, cost="sqeuclidean")
             geom.numpy_input = False
             cons = C.balanced(None, b)
+            # method="log": the kernel-domain switch of "auto" is far slower on batches whose
+            # problems stop at different sweeps
             res = solve(geom, cons, epsilon=eps, tol=solver_tol, max_iter=solver_max_iter, grad="none",
-                        init=prev, warn=False)
+                        init=prev, warn=False, method="log")
             maps = res.barycentric_map(X)  # (K, n_points, d)
             new = (w[:, None, None] * maps).sum(0)
             move = float((new - z).norm(dim=-1).max())
