@@ -6,8 +6,9 @@
 >>> res.plan, res.f, res.g, res.value, res.converged
 """
 
-from . import constraints, costs, geometry
-from .barycenters import BarycenterResult, barycenter
+from . import constraints, costs, da, geometry
+from .barycenters import BarycenterResult, PointsBarycenter, barycenter, barycenter_points
+from .samples import SinkhornDivergence, sinkhorn_divergence
 from .solvers import OTResult, partial, sinkhorn, solve, unbalanced
 from .warnings import NonConvergenceWarning
 
@@ -17,6 +18,7 @@ __all__ = [
     "constraints",
     "costs",
     "geometry",
+    "da",
     "solve",
     "sinkhorn",
     "unbalanced",
@@ -24,6 +26,10 @@ __all__ = [
     "OTResult",
     "barycenter",
     "BarycenterResult",
+    "barycenter_points",
+    "PointsBarycenter",
+    "sinkhorn_divergence",
+    "SinkhornDivergence",
     "NonConvergenceWarning",
     "__version__",
 ]

@@ -593,3 +593,41 @@ def test_gpu_matches_cpu(dtype, rho):
     Cm = M.cuda().requires_grad_()
     ota.barycenter(A.cuda(), Cm, epsilon=0.005, rho=rho, max_iter=20_000).barycenter.square().sum().backward()
     assert Cm.grad is not None and bool(torch.isfinite(Cm.grad).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# free support: ota.barycenter_points
+# ---------------------------------------------------------------------------------------------
+def test_free_support_of_translated_clouds_is_the_weighted_translation():
+    """Clouds that are translates of one cloud: the barycentre's points average the maps, so its
+    mean is the weighted mean of the clouds' means (exact at every fixed point of balanced plans)."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(12, 2))
+    clouds = [base + [3.0, 0.0], base - [0.0, 2.0], base * 0.5]
+    w = np.array([0.5, 0.3, 0.2])
+    res = ota.barycenter_points(clouds, w, n_points=6, epsilon=0.1, max_iter=40, tol=1e-5)
+    assert isinstance(res.points, np.ndarray) and res.points.shape == (6, 2)
+    want = sum(wk * c.mean(0) for wk, c in zip(w, clouds))
+    assert np.allclose(res.points.mean(0), want, atol=1e-6)
+    assert res.converged
+
+
+def test_free_support_single_points_and_ragged():
+    """K one-point clouds: every plan is trivial and the barycentre is the weighted mean."""
+    pts = [torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[3.0, -2.0]], dtype=torch.float64)]
+    res = ota.barycenter_points(pts, torch.tensor([0.25, 0.75], dtype=torch.float64), n_points=3, epsilon=0.1)
+    assert torch.allclose(res.points, torch.tensor([[2.5, -1.0]] * 3, dtype=torch.float64), atol=1e-12)
+    ragged = [torch.randn(5, 2, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)]
+    out = ota.barycenter_points(ragged, n_points=4, epsilon=0.2, max_iter=5)
+    assert out.points.shape == (4, 2) and torch.isfinite(out.points).all()
+
+
+def test_free_support_bad_input():
+    with pytest.raises(ValueError, match="n_points"):
+        ota.barycenter_points(np.zeros((2, 3, 2)), n_points=0, epsilon=0.1)
+    with pytest.raises(ValueError, match="epsilon"):
+        ota.barycenter_points(np.zeros((2, 3, 2)), n_points=2, epsilon=-1.0)
+    with pytest.raises(ValueError, match=r"clouds\[1\] has dimension d=3"):
+        ota.barycenter_points([np.zeros((3, 2)), np.zeros((3, 3))], n_points=2, epsilon=0.1)
+    with pytest.raises(ValueError, match="weights has shape"):
+        ota.barycenter_points(np.zeros((2, 3, 2)), [1.0], n_points=2, epsilon=0.1)

@@ -5,6 +5,7 @@ clear errors."""
 import math
 
 import pytest
+import numpy as np
 import torch
 from torch.autograd import gradcheck
 
@@ -89,8 +90,8 @@ def test_shared_cloud_with_batched_weights_and_numpy_points():
     kw = dict(epsilon=0.3, tol=1e-12)
     dense = ota.solve(ota.costs.sqeuclidean(X, Y), C.balanced(w), **kw)
     lazy = ota.solve(cloud("online", X.numpy(), Y.numpy()), C.balanced(w), **kw)
-    assert lazy.plan.shape == (4, 17, 13)
-    torch.testing.assert_close(lazy.plan, dense.plan, atol=1e-10, rtol=0)
+    assert isinstance(lazy.plan, np.ndarray) and lazy.plan.shape == (4, 17, 13)  # NumPy in, NumPy out
+    torch.testing.assert_close(torch.from_numpy(lazy.plan), dense.plan, atol=1e-10, rtol=0)
 
 
 # -- gradients --------------------------------------------------------------------------------------

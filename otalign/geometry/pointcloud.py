@@ -23,7 +23,7 @@ from .. import costs as _costs
 from .base import Geometry, PairTerms, apply_pair_terms, memory_budget
 from .dense import compute_dtype
 
-__all__ = ["PointCloud", "COSTS", "BACKENDS"]
+__all__ = ["PointCloud", "COSTS", "BACKENDS", "pad_clouds"]
 
 COSTS = ("sqeuclidean", "cosine", "neg_dot")
 BACKENDS = ("auto", "tensorized", "online", "keops")
@@ -49,9 +49,56 @@ def _as_points(value: Any, name: str) -> tuple[torch.Tensor, bool]:
     return value, was_numpy
 
 
+def pad_clouds(value: Any, name: str) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+    """``(points, valid, was_numpy)``: a cloud ``(n, d)`` / ``(B, n, d)`` as given (``valid`` None),
+    or a ragged batch -- a list or tuple of clouds ``(n_k, d)`` with one ``d`` -- padded with zeros
+    to ``(B, max n_k, d)``, ``valid`` ``(B, max n_k)`` True on the real points.
+
+    The padding is differentiable: gradients reach each cloud of the list."""
+    if not isinstance(value, (list, tuple)):
+        points, was_numpy = _as_points(value, name)
+        return points, None, was_numpy
+    if len(value) == 0:
+        raise ValueError(f"{name} is an empty list; expected a list of point clouds (n_k, d)")
+    clouds, flags = [], []
+    for k, item in enumerate(value):
+        if isinstance(item, (list, tuple)):
+            item = np.asarray(item, dtype=np.float64)
+        cloud, was_numpy = _as_points(item, f"{name}[{k}]")
+        if cloud.dim() != 2:
+            raise ValueError(f"{name}[{k}] has shape {tuple(cloud.shape)}; expected one cloud (n_k, d) per entry")
+        clouds.append(cloud)
+        flags.append(was_numpy)
+    d = clouds[0].shape[1]
+    for k, cloud in enumerate(clouds):
+        if cloud.shape[1] != d:
+            raise ValueError(
+                f"{name}[{k}] has dimension d={cloud.shape[1]} but {name}[0] has d={d}; expected one "
+                "dimension d for every cloud of a ragged batch"
+            )
+        if cloud.device != clouds[0].device:
+            raise ValueError(f"{name}[{k}] is on {cloud.device} but {name}[0] on {clouds[0].device}; expected one device")
+    dtype = clouds[0].dtype
+    for cloud in clouds[1:]:
+        dtype = torch.promote_types(dtype, cloud.dtype)
+    n = max(cloud.shape[0] for cloud in clouds)
+    points = torch.stack([
+        torch.nn.functional.pad(cloud.to(dtype), (0, 0, 0, n - cloud.shape[0])) for cloud in clouds
+    ])
+    sizes = torch.tensor([cloud.shape[0] for cloud in clouds], device=points.device)
+    valid = torch.arange(n, device=points.device)[None, :] < sizes[:, None]
+    return points, valid, all(flags)
+
+
 class PointCloud(Geometry):
     """Costs ``C_ij = cost(x_i, y_j)`` between ``x`` (``(n, d)`` or ``(B, n, d)``) and ``y``
     (``(m, d)`` or ``(B, m, d)``; a 2-D cloud is shared by the batch of the other).
+
+    A ragged batch is a list of clouds ``(n_k, d)`` (and/or ``(m_k, d)``): it is padded with zeros to
+    ``(B, max n_k, d)`` and the padding gets zero weight (``valid_rows`` / ``valid_cols``); default
+    uniform weights are ``1 / n_k`` on the real points, and explicit weights are given padded,
+    ``(B, max n_k)`` with zeros on the padding (:func:`otalign.samples.pad_weights`). NumPy
+    clouds (arrays, or lists of arrays) give NumPy results from :func:`otalign.solve`.
 
     Args:
         x, y: the clouds (torch tensors or NumPy arrays; gradients flow to tensors that require
@@ -74,8 +121,8 @@ class PointCloud(Geometry):
         *,
         tile_bytes: Optional[int] = None,
     ) -> None:
-        x, x_np = _as_points(x, "x")
-        y, y_np = _as_points(y, "y")
+        x, valid_x, x_np = pad_clouds(x, "x")
+        y, valid_y, y_np = pad_clouds(y, "y")
         if x.shape[-1] != y.shape[-1]:
             raise ValueError(f"x has dimension d={x.shape[-1]} but y has d={y.shape[-1]}; expected equal dimensions")
         if x.dim() == 3 and y.dim() == 3 and x.shape[0] != y.shape[0]:
@@ -91,8 +138,10 @@ class PointCloud(Geometry):
             raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
         if tile_bytes is not None and (isinstance(tile_bytes, bool) or not isinstance(tile_bytes, int) or tile_bytes < 1):
             raise ValueError(f"tile_bytes={tile_bytes!r}; expected a positive integer")
+        #: both clouds were NumPy arrays (or lists of them): solves return NumPy arrays
         self.numpy_input = x_np and y_np
         self.batched_input = x.dim() == 3 or y.dim() == 3
+        self.valid_rows, self.valid_cols = valid_x, valid_y
         self.out_dtype = torch.promote_types(x.dtype, y.dtype)
         self.dtype = compute_dtype(self.out_dtype)
         self.device = x.device
@@ -165,10 +214,14 @@ class PointCloud(Geometry):
     # -- costs ------------------------------------------------------------------------------------
     def cost_tile(self, rows: slice, cols: slice) -> torch.Tensor:
         xs, ys = self.x[:, rows], self.y[:, cols]
+        if xs.shape[0] != ys.shape[0]:  # a 2-D cloud shared by the batch of the other
+            B = max(xs.shape[0], ys.shape[0])
+            xs, ys = xs.expand(B, -1, -1), ys.expand(B, -1, -1)
         if self.cost == "sqeuclidean":
             return _costs.sqeuclidean(xs, ys)
         if self.cost == "cosine":
-            return 1.0 - self._u[:, rows] @ self._v[:, cols].transpose(1, 2)
+            u, v = self._u[:, rows], self._v[:, cols]
+            return 1.0 - u.expand(xs.shape[0], -1, -1) @ v.expand(xs.shape[0], -1, -1).transpose(1, 2)
         if self.cost == "neg_dot":
             return -(xs @ ys.transpose(1, 2))
         out = self.cost(xs, ys)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from collections.abc import Sequence
+import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..constraints.base import ConstraintSet
@@ -100,6 +102,8 @@ class OTResult:
         # the plan, values and marginals are computed on demand from the caller's tensors: record
         # their version counters to refuse reading them after an in-place change
         self._inputs = [(name, t, t._version) for name, t in inputs]
+        # point clouds given as NumPy arrays: every tensor output is returned as a NumPy array
+        self._numpy = bool(getattr(state.geometry, "numpy_input", False))
 
     def _check_inputs(self) -> None:
         for name, t, version in self._inputs:
@@ -125,7 +129,11 @@ class OTResult:
                 t = t.detach()
             elif self.grad == "envelope":
                 t = t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor)
-        return t if self._batched else t[0]
+        return self._host(t if self._batched else t[0])
+
+    def _host(self, t: torch.Tensor):
+        """A NumPy array for NumPy inputs (:class:`~otalign.geometry.PointCloud` of arrays), else ``t``."""
+        return t.detach().cpu().numpy() if self._numpy else t
 
     def _check_dense_size(self, what: str) -> None:
         """A lazy geometry materialises ``(B, n, m)`` only within the memory budget."""
@@ -227,7 +235,7 @@ class OTResult:
     def value(self) -> torch.Tensor:
         if self._envelope_fn is not None:
             v = self._rep(self._envelope_value).to(self._dtype)
-            return v if self._batched else v[0]
+            return self._host(v if self._batched else v[0])
         return self._out(self._rep(self._value))
 
     @property
@@ -277,10 +285,66 @@ class OTResult:
         """Like ``_out`` without dropping the batch dimension (``apply`` shapes its result)."""
         t = t.to(self._dtype)
         if self.grad == "none":
-            return t.detach()
+            return self._host(t.detach())
         if self.grad == "envelope":
-            return t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor)
-        return t
+            return self._host(t.detach() if self._anchor is None else EnvelopeGuard.apply(t.detach(), self._anchor))
+        return self._host(t)
+
+    def barycentric_map(self, y=None, *, empty: str = "raise"):
+        """The barycentric projection ``T(x_i) = (P @ y)_i / (P 1)_i``: where the plan sends row ``i``
+        on average.
+
+        Args:
+            y: ``(m, k)``, ``(m,)``, ``(B, m, k)`` or ``(B, m)`` values at the columns (tensor or NumPy
+                array); default: the target points of a :class:`~otalign.geometry.PointCloud`.
+            empty: what a row that receives no mass (``P 1 = 0``: a zero weight, a fully forbidden
+                row, an underflow) gets: ``"raise"`` (``ValueError`` naming the rows) or ``"nan"``.
+                Padding rows of a ragged batch are NaN either way.
+
+        Returns:
+            ``(n, k)`` (or ``(B, n, k)``; ``(n,)`` / ``(B, n)`` for vector ``y``), in the plan's dtype
+            (NumPy for NumPy inputs).
+        """
+        if empty not in ("raise", "nan"):
+            raise ValueError(f"empty={empty!r}; expected 'raise' or 'nan'")
+        st = self._state
+        if y is None:
+            if getattr(st.geometry, "source_y", None) is None:
+                raise ValueError("y=None needs a PointCloud geometry; expected the values (m, k) at the columns")
+            y = st.geometry.y  # (B', m, d) in the compute dtype
+            if y.shape[0] == 1:
+                y = y[0]
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(np.asarray(y))
+        numpy_out = self._numpy
+        self._numpy = False
+        try:
+            num = self.apply(y)
+        finally:
+            self._numpy = numpy_out
+        with torch.no_grad():
+            log_mass = st.log_marginal(ROW)
+        mass = torch.exp(st.log_marginal(ROW)).to(self._dtype)
+        if self.grad == "none" or self.grad == "envelope":
+            mass = mass.detach()
+        if not self._batched:
+            mass, log_mass = mass[0], log_mass[0]
+        valid = st.geometry.valid_rows
+        zero = torch.isneginf(log_mass) | (mass == 0)
+        if valid is not None:
+            pad = ~(valid if self._batched else valid[0]).expand_as(zero)
+            real_zero = zero & ~pad
+        else:
+            real_zero = zero
+        if empty == "raise" and bool(real_zero.any()):
+            rows = torch.nonzero(real_zero).tolist()[:5]
+            raise ValueError(
+                f"rows {rows} of the plan have zero mass (P 1 = 0), so their barycentric map is undefined; "
+                "expected rows that receive mass, or empty='nan' to get NaN there"
+            )
+        denom = torch.where(zero, torch.full_like(mass, math.nan), mass)
+        out = num / (denom[..., None] if num.dim() > denom.dim() else denom)
+        return self._host(out)
 
     @property
     def mass(self) -> torch.Tensor:
