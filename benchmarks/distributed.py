@@ -28,15 +28,9 @@ import torch.distributed as dist
 
 import otalign as ota
 from otalign import constraints as C
+from otalign.bench.timing import proc_status, reset_peak_rss
 from otalign import geometry as G
 
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _rows(n: int, world: int, rank: int) -> slice:
@@ -63,14 +57,14 @@ def measure(args: argparse.Namespace) -> dict:
               shard="rows", warn=False)
     dist.barrier()
     if not cuda:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        if not reset_peak_rss():
+            raise RuntimeError("/proc/self/clear_refs is not writable: the peak cannot be reset (Linux only)")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = _status("VmRSS")
+        before = proc_status("VmRSS", required=True)
     if args.backend == "dense":
         problem = ota.costs.sqeuclidean(x_local, y)
     else:
@@ -84,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")) - before
+    peak = (torch.cuda.max_memory_allocated() if cuda else proc_status("VmHWM", required=True)) - before
     return {
         "rank": rank, "rows": rows.stop - rows.start, "peak_MB": peak / 2**20,
         "ms_per_sweep": 1e3 * elapsed / args.sweeps, "value": value,

@@ -19,15 +19,9 @@ import torch
 
 import otalign as ota
 from otalign import constraints as C
+from otalign.bench.timing import proc_status
 from otalign import geometry as G
 
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main() -> None:
@@ -45,14 +39,14 @@ def main() -> None:
     x = torch.randn(args.n, args.d, generator=g)
     y = torch.randn(args.n, args.d, generator=g) + 0.5
     geom = G.PointCloud(x, y, backend=args.backend)
-    before = _status("VmRSS")
+    before = proc_status("VmRSS", required=True)
     t0 = time.perf_counter()
     res = ota.solve(geom, C.balanced(), epsilon=args.epsilon, tol=0, max_iter=args.sweeps, check_every=args.sweeps)
     solved = time.perf_counter() - t0
     value, f, gg = res.value, res.f, res.g
     mapped = res.apply(y)
     total = time.perf_counter() - t0
-    peak = _status("VmHWM")
+    peak = proc_status("VmHWM", required=True)
     dense = args.n * args.n * 4
     out = {
         "n": args.n, "d": args.d, "sweeps": args.sweeps, "backend": args.backend,

@@ -80,7 +80,16 @@ class Clock:
         return out, time.perf_counter() - t0
 
 
-def _proc_status(field: str) -> Optional[int]:
+def proc_status(field: str, required: bool = False) -> Optional[int]:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; None where
+    it cannot be read (not Linux), or ``RuntimeError`` naming the field when ``required``."""
+    value = _read_status(field)
+    if value is None and required:
+        raise RuntimeError(f"{field} not readable from /proc/self/status (Linux only)")
+    return value
+
+
+def _read_status(field: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -91,7 +100,9 @@ def _proc_status(field: str) -> Optional[int]:
     return None
 
 
-def _reset_hwm() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset the peak resident memory ``VmHWM`` to the current RSS (``5`` into
+    ``/proc/self/clear_refs``); False where that file is not writable."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -144,11 +155,11 @@ class MemoryMeter:
             return out, None if before is None or peak is None else max(int(peak) - int(before), 0)
         gc.collect()
         _malloc_trim()
-        base = _proc_status("VmRSS")
-        if base is None or not _reset_hwm():
+        base = proc_status("VmRSS")
+        if base is None or not reset_peak_rss():
             return fn(), None
         out = fn()
-        peak = _proc_status("VmHWM")
+        peak = proc_status("VmHWM")
         return out, None if peak is None else max(peak - base, 0)
 
 
