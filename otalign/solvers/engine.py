@@ -40,6 +40,7 @@ from typing import Iterator, Optional
 import torch
 
 from .footprint import COL, ROW, SCALAR
+from .fused import FusedPair
 from .plan import SAFE_DRIFT, LogPlan
 from .registry import Projector
 
@@ -70,13 +71,15 @@ def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> tor
     return g / 3 + torch.sqrt(g * g / 9 + 2 * mass * g)
 
 
-def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Tensor, torch.Tensor]:
+def measure_errors(plan: LogPlan, projectors: list[Projector],
+                   with_gap: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(B,)`` stopping error and ``(B,)`` duality gap of the current iterate (module docstring).
 
     The gap is the whole primal-minus-dual gap (hard equalities contribute their signed
     ``<dual, marginal - target>``). The error is the largest of the hard violations, the
     complementarity residuals of the first-order constraints and the distance to the optimal plan
-    certified by the smooth part of the gap (:meth:`Projector.certificate`).
+    certified by the smooth part of the gap (:meth:`Projector.certificate`). ``with_gap=False``
+    returns None for the gap (:func:`measure_gap` computes it when a problem stops).
     """
     B = plan.batch
     dtype, device = plan.log_ra.dtype, plan.log_ra.device
@@ -92,7 +95,8 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Te
         total = plan.reducer.sum if proj.footprint is ROW else _same
         if proj.hard:
             err = torch.maximum(err, total(proj.violation(log_mu)))
-        gap = gap + total(proj.gap(plan.duals[k], log_mu))
+        if with_gap:
+            gap = gap + total(proj.gap(plan.duals[k], log_mu))
         if proj.needs_certificate:
             part, residual = (total(t) for t in proj.certificate(plan.duals[k], log_mu))
             smooth = smooth + torch.clamp(part, min=0.0)  # negative: rounding
@@ -101,7 +105,17 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> tuple[torch.Te
     if certify:
         mass = torch.exp(plan.log_marginal(SCALAR))
         err = torch.maximum(err, certified_distance(smooth, mass, plan.eps))
-    return err, gap
+    return err, gap if with_gap else None
+
+
+def measure_gap(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
+    """``(B,)`` duality gap of the current iterate (the sum of the constraints' shares)."""
+    gap = torch.zeros(plan.batch, dtype=plan.log_ra.dtype, device=plan.log_ra.device)
+    for k, proj in enumerate(projectors):
+        if proj.footprint is not None:
+            total = plan.reducer.sum if proj.footprint is ROW else _same
+            gap = gap + total(proj.gap(plan.duals[k], plan.log_marginal(proj.footprint)))
+    return gap
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:
@@ -285,6 +299,7 @@ def iterate(
     ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
     just_set = torch.zeros(B, dtype=torch.bool, device=device)
     kernel = acc.kernel and plan.kernel_capable
+    fused = FusedPair.build(plan, projectors, ids, pair is not None) if kernel else None
     safe = SAFE_DRIFT.get(dtype, 30.0)
     target_eps = plan.eps
     it = 0
@@ -324,7 +339,7 @@ def iterate(
                 plan.absorb_if_safe_at_start(safe)
             elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), active)) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
-            err, gap_now = measure_errors(plan, projectors)
+            err, _ = measure_errors(plan, projectors, with_gap=False)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
             if omega is not None and acc.overrelax == "adaptive" and history:
                 # omega is piecewise constant in the data: no gradient flows through it (unroll)
@@ -338,11 +353,12 @@ def iterate(
             stop = ok | (active & ~finite)
             if it >= max_iter:  # the last check: say whether more sweeps would have helped
                 stalled = active & finite & ~ok & _stalled(history[:-1], err, check_every)
+            if bool(stop.any()) or it >= max_iter:  # the gap is reported at a problem's last check
+                gap = torch.where(active, measure_gap(plan, projectors), gap)
             converged = converged | ok
             diverged = diverged | (active & ~finite)
             n_iters = torch.where(stop, torch.full_like(n_iters, it), n_iters)
             error = torch.where(active, err, error)
-            gap = torch.where(active, gap_now, gap)
             active = active & ~stop
             previous = list(plan.duals)  # duals are replaced, never modified in place
             n_active = int(active.sum())
@@ -351,6 +367,12 @@ def iterate(
             all_active = n_active == B
             if kernel and len(check_iters) > 1:  # the last sweep's movement decides
                 _choose_domain(plan, before_last, active, safe, check_every)
+        if fused is not None and plan.mode == "kernel":
+            # every sweep up to the next check in scalings (fused.py); the same updates
+            count = min((it // check_every + 1) * check_every, max_iter) - it
+            before_last = fused.sweeps(plan, count, None if all_active else active, omega)
+            it += count
+            continue
         before_last = (plan.F, plan.G)
         sweep(plan, projectors, ids, None if all_active else active, omega, pair)
         it += 1
@@ -376,7 +398,41 @@ def iterate(
 ADAPT_LOW, ADAPT_HIGH, ADAPT_TRIES = 0.8, 0.999, 3
 
 
+#: batches up to this size run the adaptive rule on Python floats (one host transfer instead of
+#: some thirty small tensor operations per check); larger ones on tensors. The same rule.
+ADAPT_SCALAR_MAX = 32
+
+
 def _adapt_omega(omega, failures, ratio, just_set, err, last, check_every, omega_max):
+    """Adaptive over-relaxation, per problem (:func:`_adapt_omega_tensor`); small batches on
+    Python floats (:func:`_adapt_one`)."""
+    if omega.numel() > ADAPT_SCALAR_MAX:
+        return _adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every, omega_max)
+    rows = zip(omega.tolist(), failures.tolist(), ratio.tolist(), just_set.tolist(), err.tolist(), last.tolist())
+    out = [_adapt_one(*row, check_every, omega_max) for row in rows]
+    like = dict(dtype=omega.dtype, device=omega.device)
+    return (torch.tensor([o[0] for o in out], **like), torch.tensor([o[1] for o in out], **like),
+            torch.tensor([o[2] for o in out], **like),
+            torch.tensor([o[3] for o in out], dtype=torch.bool, device=omega.device))
+
+
+def _adapt_one(omega: float, failures: float, ratio: float, just_set: bool, err: float, last: float,
+               check_every: int, omega_max: float) -> tuple[float, float, float, bool]:
+    """:func:`_adapt_omega_tensor`'s rule for one problem, on floats (NaN compares False there
+    as here)."""
+    if err > last and omega > 1 and not just_set:
+        failures, omega = failures + 1, 1.0
+    new_ratio = err / last if last > 0 else math.nan
+    plain = omega == 1.0 and failures < ADAPT_TRIES
+    stable = plain and ADAPT_HIGH > new_ratio > ADAPT_LOW and abs(new_ratio - ratio) <= 0.02 * new_ratio
+    if stable:
+        rate = min(max(new_ratio, 0.0), 0.9999) ** (1.0 / check_every)
+        damping = 0.75 * 0.5 ** failures
+        omega = min(1.0 + damping * (2.0 / (1.0 + math.sqrt(1.0 - rate)) - 1.0), omega_max)
+    return omega, failures, new_ratio if plain else ratio, stable
+
+
+def _adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every, omega_max):
     """Adaptive over-relaxation, per problem.
 
     While ``omega == 1`` the error ratio between checks is recorded; once two consecutive ratios
