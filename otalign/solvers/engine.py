@@ -40,7 +40,7 @@ from typing import Iterator, Optional
 import torch
 
 from .footprint import COL, ROW, SCALAR
-from .fused import FusedPair
+from .fused import build_fused
 from .plan import SAFE_DRIFT, LogPlan
 from .registry import Projector
 
@@ -299,7 +299,7 @@ def iterate(
     ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
     just_set = torch.zeros(B, dtype=torch.bool, device=device)
     kernel = acc.kernel and plan.kernel_capable
-    fused = FusedPair.build(plan, projectors, ids, pair is not None) if kernel else None
+    fused = build_fused(plan, projectors, ids, pair is not None) if kernel else None
     safe = SAFE_DRIFT.get(dtype, 30.0)
     target_eps = plan.eps
     it = 0

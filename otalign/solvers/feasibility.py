@@ -89,8 +89,9 @@ def check_feasible(prep: "Prepared") -> None:
             block_sums = p.mass.sum(-1 if ax == 0 else -2)  # (B', groups on this axis)
             onehot = torch.nn.functional.one_hot(groups.remainder(count + 1), count + 1)[..., :count]
             for k2, p2 in eq[ax] + caps[ax]:
-                w = p2.weights.expand(groups.shape[0], -1)
-                group_w = torch.einsum("bi,big->bg", w, onehot.to(w.dtype))
+                Bw = max(groups.shape[0], p2.weights.shape[0])  # shared groups, batched weights, or both
+                w = p2.weights.expand(Bw, -1)
+                group_w = torch.einsum("bi,big->bg", w, onehot.expand(Bw, -1, -1).to(w.dtype))
                 group_w = red.sum(group_w) if ax == 0 else group_w
                 side = "row" if ax == 0 else "column"
                 if p.relation == "==":

@@ -20,16 +20,37 @@ so the engine's checks, stopping test, domain choice and safety net are unchange
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
-from .footprint import COL, ROW
+from .footprint import COL, ROW, Groups
 from .plan import DenseLogPlan
+from .projectors.block import BlockMassProjector
 from .projectors.marginal import MarginalProjector
 from .registry import Projector
 
-__all__ = ["FusedPair"]
+__all__ = ["FusedPair", "FusedBlocks", "build_fused"]
+
+
+def build_fused(plan, projectors: list[Projector], ids: list[int], translation: bool):
+    """The fused sweeps that apply to this problem (:class:`FusedPair`, :class:`FusedBlocks`) or None."""
+    return FusedPair.build(plan, projectors, ids, translation) or FusedBlocks.build(plan, projectors, ids, translation)
+
+
+def _dead_lines(owner, plan: DenseLogPlan, K: torch.Tensor) -> bool:
+    """Whether some row or column of ``Ktil`` is zero (checked once per absorption, cached on
+    ``owner``)."""
+    key = plan._F0
+    if getattr(owner, "_dead_key", None) is not key:
+        owner._dead_key = key
+        owner._dead_value = bool((K.amax(-1) == 0).any()) or bool((K.amax(-2) == 0).any())
+    return owner._dead_value
+
+
+def _marginal_ok(p: Projector) -> bool:
+    return type(p) is MarginalProjector and p.relation == "==" and p.kind in ("hard", "KL")
 
 
 class FusedPair:
@@ -61,22 +82,14 @@ class FusedPair:
             return None
         if plan._row_ids != [kr] or plan._col_ids != [kc]:
             return None
-        for p in (pr, pc):
-            if type(p) is not MarginalProjector or p.relation != "==" or p.kind not in ("hard", "KL"):
-                return None
+        if not (_marginal_ok(pr) and _marginal_ok(pc)):
+            return None
         if translation and "KL" in (pr.kind, pc.kind):
             return None  # the translation step ends every sweep there (engine.translate)
         if plan.duals[kr].shape != (plan.batch, plan.n) or plan.duals[kc].shape != (plan.batch, plan.m):
             return None
         return cls(plan, kr, kc, pr, pc)
 
-    def _dead(self, plan: DenseLogPlan, K: torch.Tensor) -> bool:
-        """Whether some row or column of ``Ktil`` is zero (checked once per absorption)."""
-        key = plan._F0
-        if getattr(self, "_dead_key", None) is not key:
-            self._dead_key = key
-            self._dead_value = bool((K.amax(-1) == 0).any()) or bool((K.amax(-2) == 0).any())
-        return self._dead_value
 
     def sweeps(
         self,
@@ -102,7 +115,7 @@ class FusedPair:
             omega = None
         w = None if omega is None else omega[:, None]
         keep = None if active is None else active[:, None]
-        dead = self._dead(plan, K)
+        dead = _dead_lines(self, plan, K)
         if self.single:  # (n,) vectors: one matrix-vector product, no batch dimension
             K2, KT = K[0], K[0].t()
             du, dv, a, b = du[0], dv[0], self.a[0], self.b[0]
@@ -134,16 +147,18 @@ class FusedPair:
                 du = _step(du, row(dv), a, self.tau_r, c_r, w, keep, dead)
                 KTu = col(du)
                 dv = _step(dv, KTu, b, self.tau_c, c_c, w, keep, dead)
+        # the marginals at the final scalings, for the check that follows: the column one from the
+        # last update's product, the row one from one more product (the check needs it anyway)
+        log_row, log_col = torch.log(row(dv) * du), torch.log(KTu * dv)
         if self.single:
-            du, dv, KTu, prev = du[None], dv[None], KTu[None], (prev[0][None], prev[1][None])
-        f = F0 + eps * torch.log(du)
-        g = G0 + eps * torch.log(dv)
-        plan.duals[self.kr] = f
-        plan.duals[self.kc] = g
+            du, dv, log_row, log_col = du[None], dv[None], log_row[None], log_col[None]
+            prev = (prev[0][None], prev[1][None])
+        plan.duals[self.kr] = F0 + eps * torch.log(du)
+        plan.duals[self.kc] = G0 + eps * torch.log(dv)
         plan._aggregate_rows()
         plan._aggregate_cols()
         plan._clear_caches()
-        plan._log_col = torch.log(KTu * dv)  # exact at the final scalings (their last update)
+        plan._log_row, plan._log_col = log_row, log_col
         return F0 + eps * torch.log(prev[0]), G0 + eps * torch.log(prev[1])
 
 
@@ -159,3 +174,212 @@ def _step(d, Kd, target, tau, c, w, keep, dead):
     if dead:
         keep = Kd > 0 if keep is None else (Kd > 0) & keep
     return new if keep is None else torch.where(keep, new, d)
+
+
+class FusedBlocks:
+    """Sweeps in scalings for a row marginal, a column marginal (equalities, hard or KL, no
+    translation step) and one ``BlockMass`` equality, updated in that order.
+
+    With the block scalings ``w = exp((E - E0) / eps)`` (``(B, R, S)`` on the joint groups,
+    :class:`~otalign.solvers.plan._JointBlocks`) the plan is ``du_i Ktil_ij dv_j w[r(i), c(j)]``.
+    A sweep reads ``Ktil`` twice, as a plain sweep does:
+
+    * rows: ``(V Ktil^T)[r(i), i]`` with ``V[r, j] = dv_j w[r, c(j)]`` (one product with ``R``
+      right-hand sides), then the row update;
+    * columns and blocks: ``Y = U Ktil`` with ``U[r, i] = du_i [r(i) = r]`` (one product), whose
+      rows give the column sums ``sum_r w[r, c(j)] Y[r, j]`` (column update) and, with the new
+      ``dv``, the block sums ``T[r, s] = sum_{c(j) = s} Y[r, j] dv_j``; the block update is then
+      ``w <- mass / T`` (blocks outside the constraint, or of zero mass, keep theirs).
+    """
+
+    def __init__(self, plan: DenseLogPlan, ids: list[int], pr, pc, pb: BlockMassProjector) -> None:
+        self.kr, self.kc, self.kb = ids
+        j = plan._joint
+        dtype = plan.log_ra.dtype
+        self.a = torch.exp(pr.log_weights).to(dtype)
+        self.b = torch.exp(pc.log_weights).to(dtype)
+        self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
+        self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
+        fp = pb.footprint
+        Gr, Gc = fp.n_row_groups, fp.n_col_groups
+        rows, cols = j.row_of[0], j.col_of[0]  # (R,), (S,): footprint group of each joint group
+        real = (rows < Gr)[:, None] & (cols < Gc)[None, :]  # (R, S): blocks the constraint covers
+        self.r_idx, self.s_idx = torch.nonzero(real, as_tuple=True)
+        self.g_idx, self.h_idx = rows[self.r_idx], cols[self.s_idx]
+        padded = torch.nn.functional.pad(pb.mass, (0, 1, 0, 1))  # (B', Gr + 1, Gc + 1)
+        self.mass = padded[:, rows][:, :, cols]  # (B', R, S); 0 outside the constraint
+        self.real = real.to(dtype)
+        self.fp = fp
+        B, n, m = plan.batch, plan.n, plan.m
+        R, S = j.n_row, j.n_col
+        self.row_take = j.row_codes.expand(B, n)[:, None, :]  # (B, 1, n): gather index of r(i)
+        self.col_take = j.col_index(B, m, R)  # (B, R, m): index of c(j) along the S axis
+        self.row_onehot_t = j.row_onehot.transpose(1, 2)  # (B', R, n); broadcast in a product
+        self.col_onehot = j.col_onehot.expand(B, -1, -1).contiguous()  # (B, m, S), for bmm
+
+        # labels shared by the batch: rows and columns sorted by joint group (plan._kp), every
+        # block a contiguous sub-matrix: a row pass is R products on row bands, a column pass R * S
+        # products on the blocks (each entry read once per pass; MKL's products with a few
+        # right-hand sides cost as much as that many passes)
+        self.sorted = j.sorted
+        if self.sorted:
+            self.j = j
+            self.a_p = self.a.index_select(1, j.row_perm)
+            self.b_p = self.b.index_select(1, j.col_perm)
+            self.col_codes_p = j.col_sorted_codes  # (m,) joint column group, sorted order
+            self.single = B == 1
+
+    def _sorted_sweeps(self, Kp, count, du, dv, w, c_r, c_c, om, om3, keep, keep3, dead):
+        """The sweeps in sorted order (``Kp``: ``(B, n, m)``, rows and columns by joint group).
+        Returns ``((du, dv, w, T), (du, dv) before the last sweep)`` in natural order."""
+        j = self.j
+        if self.single and Kp.device.type == "cpu" and om is None and keep is None and not dead and c_r is None \
+                and c_c is None:
+            return self._sorted_plain_cpu(Kp[0], count, du, dv, w)
+        single = self.single
+        if single:
+            K2 = Kp[0]
+            mv = lambda M, v: torch.mv(M, v[0])[None]  # noqa: E731
+            bands = [K2[r0:r1] for r0, r1 in j.row_bounds]
+            blocks = [[K2[r0:r1, c0:c1].t() for r0, r1 in j.row_bounds] for c0, c1 in j.col_bounds]
+        else:
+            mv = lambda M, v: torch.bmm(v[:, None, :], M.transpose(1, 2))[:, 0]  # noqa: E731
+            bands = [Kp[:, r0:r1] for r0, r1 in j.row_bounds]
+            blocks = [[Kp[:, r0:r1, c0:c1].transpose(1, 2) for r0, r1 in j.row_bounds] for c0, c1 in j.col_bounds]
+        du = du.index_select(1, j.row_perm)
+        dv = dv.index_select(1, j.col_perm)
+        c_r = None if c_r is None else c_r.index_select(1, j.row_perm)
+        c_c = None if c_c is None else c_c.index_select(1, j.col_perm)
+        prev = (du, dv)
+        T = w
+        for _ in range(count):
+            prev = (du, dv)
+            wc = w.index_select(2, self.col_codes_p)  # (B, R, m): w[r, c(j)], sorted columns
+            rows = torch.cat([mv(band, dv * wc[:, r]) for r, band in enumerate(bands)], 1)
+            du = _step(du, rows, self.a_p, self.tau_r, c_r, om, keep, dead)
+            parts = [du[:, r0:r1] for r0, r1 in j.row_bounds]
+            Ys = [torch.stack([mv(blk, part) for blk, part in zip(col_blocks, parts)], 1)  # (B, R, m_s)
+                  for col_blocks in blocks]
+            cols = torch.cat([torch.bmm(w[:, None, :, s], Y)[:, 0] for s, Y in enumerate(Ys)], 1)
+            dv = _step(dv, cols, self.b_p, self.tau_c, c_c, om, keep, dead)
+            T = torch.stack([torch.bmm(Y, dv[:, c0:c1, None])[:, :, 0]
+                             for Y, (c0, c1) in zip(Ys, j.col_bounds)], 2) * self.real  # (B, R, S)
+            w = _step(w, T, self.mass, 1.0, None, om3, keep3, True)
+        back = lambda u, v: (u.index_select(1, j.row_inv), v.index_select(1, j.col_inv))  # noqa: E731
+        return (*back(du, dv), w, T), back(*prev)
+
+    def _sorted_plain_cpu(self, K2, count, du, dv, w):
+        """:meth:`_sorted_sweeps` for one problem on the CPU with hard marginals, no
+        over-relaxation and no zero lines: 1-D vectors, the block scalings and sums as Python
+        floats (one host read per sweep, free on the CPU), ``addmv`` to combine the blocks."""
+        j = self.j
+        rb, cb = j.row_bounds, j.col_bounds
+        R, S = len(rb), len(cb)
+        sub = [[K2[r0:r1, c0:c1] for c0, c1 in cb] for r0, r1 in rb]  # sub[r][s]
+        subT = [[blk.t() for blk in row] for row in sub]
+        a, b = self.a_p[0], self.b_p[0]
+        mass = self.mass[0].tolist()
+        real = self.real.tolist()
+        W = w[0].tolist()
+        du = du[0].index_select(0, j.row_perm)
+        dv = dv[0].index_select(0, j.col_perm)
+        prev = (du, dv)
+        T = [[0.0] * S for _ in range(R)]
+        for _ in range(count):
+            prev = (du, dv)
+            dvs = [dv[c0:c1] for c0, c1 in cb]
+            rows = []
+            for r in range(R):
+                acc = torch.mv(sub[r][0], dvs[0]).mul_(W[r][0])
+                for s in range(1, S):
+                    acc = torch.addmv(acc, sub[r][s], dvs[s], alpha=W[r][s])
+                rows.append(acc)
+            du = a / torch.cat(rows)
+            dus = [du[r0:r1] for r0, r1 in rb]
+            Y = [[torch.mv(subT[r][s], dus[r]) for r in range(R)] for s in range(S)]  # Y[s][r]
+            cols = []
+            for s in range(S):
+                acc = Y[s][0] * W[0][s]
+                for r in range(1, R):
+                    acc = acc.add_(Y[s][r], alpha=W[r][s])
+                cols.append(acc)
+            dv = b / torch.cat(cols)
+            dvs = [dv[c0:c1] for c0, c1 in cb]
+            sums = torch.stack([torch.dot(Y[s][r], dvs[s]) for r in range(R) for s in range(S)]).tolist()
+            for r in range(R):
+                for s in range(S):
+                    t = sums[r * S + s] * real[r][s]
+                    T[r][s] = t
+                    if t > 0:  # blocks outside the constraint (t = 0) or of zero mass keep theirs
+                        W[r][s] = mass[r][s] / t
+        like = dict(dtype=K2.dtype, device=K2.device)
+        w_t, T_t = torch.tensor(W, **like)[None], torch.tensor(T, **like)[None]
+        back = lambda u, v: (u.index_select(0, j.row_inv)[None], v.index_select(0, j.col_inv)[None])  # noqa: E731
+        return (*back(du, dv), w_t, T_t), back(*prev)
+
+    @classmethod
+    def build(cls, plan, projectors: list[Projector], ids: list[int], translation: bool) -> Optional["FusedBlocks"]:
+        if not isinstance(plan, DenseLogPlan) or plan.reducer.sharded or plan._joint is None:
+            return None
+        if len(ids) != 3 or len(plan._group_ids) != 1:
+            return None
+        pr, pc, pb = (projectors[k] for k in ids)
+        if pr.footprint is not ROW or pc.footprint is not COL or not isinstance(pb.footprint, Groups):
+            return None
+        if plan._row_ids != [ids[0]] or plan._col_ids != [ids[1]] or plan._group_ids != [ids[2]]:
+            return None
+        if not (_marginal_ok(pr) and _marginal_ok(pc)):
+            return None
+        if type(pb) is not BlockMassProjector or pb.relation != "==":
+            return None
+        if translation and "KL" in (pr.kind, pc.kind):
+            return None
+        return cls(plan, ids, pr, pc, pb)
+
+    def sweeps(self, plan: DenseLogPlan, count: int, active: Optional[torch.Tensor],
+               omega: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`FusedPair.sweeps`, with the block scalings."""
+        eps = plan.eps
+        K = plan._buf
+        F0, G0, E0 = plan._F0, plan._G0, plan._E0
+        du = torch.exp((plan.F - F0) / eps)
+        dv = torch.exp((plan.G - G0) / eps)
+        w = torch.exp(plan._log_w())
+        c_r = None if self.tau_r == 1.0 else F0 * (-(1.0 - self.tau_r) / eps)
+        c_c = None if self.tau_c == 1.0 else G0 * (-(1.0 - self.tau_c) / eps)
+        if omega is not None and bool((omega == 1.0).all()):
+            omega = None
+        om = None if omega is None else omega[:, None]
+        om3 = None if omega is None else omega[:, None, None]
+        keep = None if active is None else active[:, None]
+        keep3 = None if active is None else active[:, None, None]
+        dead = _dead_lines(self, plan, K)
+        if self.sorted and plan._kp is not None:
+            (du, dv, w, T), prev = self._sorted_sweeps(plan._kp, count, du, dv, w, c_r, c_c, om, om3, keep, keep3, dead)
+        else:
+            Kt = K.transpose(1, 2)
+            prev = (du, dv)
+            for _ in range(count):
+                prev = (du, dv)
+                wc = torch.gather(w, 2, self.col_take)  # (B, R, m): w[r, c(j)]
+                rows = torch.bmm(dv[:, None, :] * wc, Kt).gather(1, self.row_take)[:, 0]  # (B, n)
+                du = _step(du, rows, self.a, self.tau_r, c_r, om, keep, dead)
+                Y = torch.bmm(du[:, None, :] * self.row_onehot_t, K)  # (B, R, m)
+                dv = _step(dv, (Y * wc).sum(1), self.b, self.tau_c, c_c, om, keep, dead)
+                T = torch.bmm(Y * dv[:, None, :], self.col_onehot) * self.real  # (B, R, S)
+                w = _step(w, T, self.mass, 1.0, None, om3, keep3, True)
+        plan.duals[self.kr] = F0 + eps * torch.log(du)
+        plan.duals[self.kc] = G0 + eps * torch.log(dv)
+        E = E0 + eps * torch.log(w)
+        H = plan.duals[self.kb].clone()
+        H[:, self.g_idx, self.h_idx] = E[:, self.r_idx, self.s_idx]
+        plan.duals[self.kb] = H
+        plan._aggregate_rows()
+        plan._aggregate_cols()
+        plan._set_base()
+        # the block sums at the final scalings, for the check (row and column sums are recomputed)
+        log_blocks = torch.full((plan.batch, self.fp.n_row_groups, self.fp.n_col_groups), -math.inf,
+                                dtype=K.dtype, device=K.device)
+        log_blocks[:, self.g_idx, self.h_idx] = torch.log(w * T)[:, self.r_idx, self.s_idx]
+        plan._log_groups[id(self.fp)] = log_blocks
+        return F0 + eps * torch.log(prev[0]), G0 + eps * torch.log(prev[1])
