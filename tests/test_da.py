@@ -76,3 +76,66 @@ def test_bad_inputs():
         ota.da.Transport(epsilon=0.5).fit(xs, xt, ys, target_proportions=[0.5, 0.5])
     with pytest.raises(ValueError, match="not fitted"):
         ota.da.Transport(epsilon=0.5).transform()
+
+
+def _subclusters(seed=0):
+    """Two sub-clusters per class in the source (50 / 50); the target keeps only the left one of
+    each class, with class proportions 0.6 / 0.4 exactly."""
+    rng = np.random.default_rng(seed)
+    ys = np.repeat([0, 1], 20)
+    side = np.tile([0, 1], 20)
+    xs = np.array([[0.0, 0.0], [6.0, 0.0]])[ys] + np.array([[-1.0, 0.0], [1.0, 0.0]])[side] + 0.2 * rng.normal(size=(40, 2))
+    yt = np.repeat([0, 1], [18, 12])
+    xt = np.array([[0.0, 0.0], [6.0, 0.0]])[yt] + np.array([-1.0, 0.0]) + 0.2 * rng.normal(size=(30, 2))
+    return xs, ys, side, xt, yt
+
+
+def test_row_mass_and_supported_drop_the_points_the_target_lacks():
+    """Block masses with relaxed rows let the sub-cluster missing from the target send (almost)
+    nothing; ``supported`` drops exactly those points. Reweighting (hard rows) keeps every point."""
+    xs, ys, side, xt, _ = _subclusters()
+    da = ota.da.Transport(epsilon=0.1, tol=1e-6).fit(xs, xt, ys, target_proportions=[0.6, 0.4], row_rho=0.1)
+    rows, ref = da.row_mass_, np.asarray(da.reference_weights_)
+    assert isinstance(rows, np.ndarray) and rows.shape == (40,)
+    assert np.allclose(ref, np.array([0.6, 0.4])[ys] / 20)
+    assert np.allclose([rows[ys == k].sum() for k in range(2)], [0.6, 0.4], atol=1e-5)
+    keep = da.supported(0.1)
+    assert keep.dtype == bool and np.array_equal(keep, side == 0)
+    assert da.supported(0.0).all()
+    rw = ota.da.Transport(epsilon=0.1, tol=1e-6).fit(xs, xt, ys, target_proportions=[0.6, 0.4], proportions="reweight")
+    assert rw.supported(0.9).all() and np.allclose(rw.row_mass_, ref, atol=1e-5)
+
+
+def test_supported_uses_the_source_weights_of_the_constraints():
+    from otalign import constraints as C
+
+    xs, ys, _, xt, _ = _subclusters(1)
+    a = np.where(ys == 0, 0.04, 0.01)
+    da = ota.da.Transport(epsilon=0.1, constraints=C.balanced(torch.as_tensor(a), None), tol=1e-8).fit(xs, xt)
+    assert np.allclose(np.asarray(da.reference_weights_), a) and np.allclose(da.row_mass_, a, atol=1e-6)
+    assert da.supported(1.0 - 1e-4).all()
+    plain = ota.da.Transport(epsilon=0.1).fit(torch.as_tensor(xs), torch.as_tensor(xt))
+    assert isinstance(plain.row_mass_, torch.Tensor) and isinstance(plain.supported(), torch.Tensor)
+    assert np.allclose(np.asarray(plain.reference_weights_), 1 / 40)
+
+
+def test_numpy_in_numpy_out():
+    xs, ys, xt, _, props = _domains()
+    da = ota.da.Transport(epsilon=0.5).fit(xs, xt, ys, target_proportions=props)
+    assert isinstance(da.transform(), np.ndarray) and isinstance(da.predict(), np.ndarray)
+    t = ota.da.Transport(epsilon=0.5).fit(torch.as_tensor(xs), torch.as_tensor(xt), ys, target_proportions=props)
+    assert isinstance(t.transform(), torch.Tensor) and isinstance(t.predict(), torch.Tensor)
+
+
+def test_bad_row_rho_and_min_share():
+    xs, ys, xt, _, props = _domains()
+    with pytest.raises(ValueError, match="row_rho=0"):
+        ota.da.Transport(epsilon=0.5).fit(xs, xt, ys, target_proportions=props, row_rho=0)
+    with pytest.raises(ValueError, match="estimate_rho=-1"):
+        ota.da.Transport(epsilon=0.5).fit(xs, xt, ys, target_proportions="estimate", estimate_rho=-1)
+    da = ota.da.Transport(epsilon=0.5).fit(xs, xt, ys, target_proportions=props)
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match="min_share"):
+            da.supported(bad)
+    with pytest.raises(ValueError, match="not fitted"):
+        ota.da.Transport(epsilon=0.5).supported()

@@ -17,6 +17,13 @@ one of two ways (``docs/maps.md``):
   points nearest to the target (the free-row pitfall).
 * ``proportions="reweight"``: balanced OT with source weights ``pi_{y_i} / n_{y_i}`` (every
   source point of a class sends the same mass; ``row_rho -> inf`` of the above).
+
+With relaxed rows some source points send (almost) no mass, typically those in a part of a class
+that the target lacks. Their barycentric image ``(P xt)_i / (P 1)_i`` is then an average over a
+vanishing row: defined, but not supported by any transported mass, and a classifier trained on the
+moved points learns from it as much as from a well-supported point. ``row_mass_`` holds the mass
+each source point sends and ``supported(min_share)`` the source points that send at least
+``min_share`` of their reference weight: train on ``transform()[mask]`` with ``ys[mask]``.
 """
 
 from __future__ import annotations
@@ -60,6 +67,16 @@ def _class_weights(ys: torch.Tensor, props: torch.Tensor) -> torch.Tensor:
     return props[ys] / counts[ys]
 
 
+def _source_weights(cons: Any, n: int) -> torch.Tensor:
+    """The source weights of a constraint set: those of its first row ``Marginal``, else uniform."""
+    for c in (cons if isinstance(cons, (list, tuple, C.ConstraintSet)) else [cons]):
+        if isinstance(c, C.Marginal) and c.axis == 0 and c.weights is not None:
+            w = torch.as_tensor(c.weights).detach()
+            if w.dim() == 1 and w.shape[0] == n:
+                return w
+    return torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+
 def estimate_proportions(xs: Any, ys: Any, xt: Any, *, epsilon: float, rho: float = 0.1, cost: str = "sqeuclidean",
                          max_iter: int = 5000) -> torch.Tensor:
     """Target class proportions ``(K,)`` estimated by semi-relaxed OT: the target marginal is hard,
@@ -89,7 +106,11 @@ class Transport:
         tol, max_iter: of :func:`otalign.solve`.
 
     After ``fit``: ``result_`` (the :class:`~otalign.OTResult`), ``plan_`` ``(n, m)``,
-    ``proportions_`` (the target class proportions used, or None), ``xs_``, ``xt_``, ``ys_``.
+    ``proportions_`` (the target class proportions used, or None), ``xs_``, ``xt_``, ``ys_``,
+    ``reference_weights_`` ``(n,)`` (the source weights the row marginal is held or relaxed to:
+    ``pi_{y_i} / n_{y_i}`` with label proportions, the source marginal of ``constraints``, uniform
+    by default), ``row_mass_`` ``(n,)`` (the mass ``P 1`` each source point sends; NumPy when
+    ``xt`` was NumPy).
     """
 
     def __init__(self, epsilon: float, constraints: Any = None, *, cost: str = "sqeuclidean", backend: str = "auto",
@@ -109,10 +130,10 @@ class Transport:
         ``"reweight"`` (module docstring); ``row_rho``: the KL strength of the relaxed source
         marginal of ``"block"``.
         """
+        self._numpy = isinstance(xt, np.ndarray)  # before the conversion: NumPy in, NumPy out
         xs, xt = _points(xs, "xs"), _points(xt, "xt")
         if xs.shape[1] != xt.shape[1]:
             raise ValueError(f"xs has dimension d={xs.shape[1]} but xt has d={xt.shape[1]}; expected equal dimensions")
-        self._numpy = isinstance(xt, np.ndarray)
         self.xs_, self.xt_ = xs, xt
         self.ys_ = None if ys is None else _labels(ys, xs.shape[0])[0]
         geom = PointCloud(xs, xt, cost=self.cost, backend=self.backend)
@@ -121,11 +142,15 @@ class Transport:
         if target_proportions is None:
             cons = self.constraints if self.constraints is not None else C.balanced()
             self.proportions_ = None
+            a = _source_weights(cons, xs.shape[0])
         else:
             if self.ys_ is None:
                 raise ValueError("target_proportions is given without ys; expected the source labels ys (n,)")
             if proportions not in PROPORTIONS:
                 raise ValueError(f"proportions={proportions!r}; expected one of {PROPORTIONS}")
+            for name, value in (("row_rho", row_rho), ("estimate_rho", estimate_rho)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise ValueError(f"{name}={value!r}; expected a number > 0 (float('inf'): a hard marginal)")
             K = int(self.ys_.max()) + 1
             if isinstance(target_proportions, str):
                 if target_proportions != "estimate":
@@ -148,6 +173,7 @@ class Transport:
                         C.BlockMass(row_groups=self.ys_, col_groups=torch.zeros(xt.shape[0], dtype=torch.long),
                                     mass=props[:, None])]
         self.result_ = solve(geom, cons, epsilon=self.epsilon, tol=self.tol, max_iter=self.max_iter, grad="none")
+        self.reference_weights_ = a
         return self
 
     def _check(self) -> OTResult:
@@ -158,6 +184,30 @@ class Transport:
     @property
     def plan_(self):
         return self._check().plan
+
+    @property
+    def row_mass_(self):
+        """``(n,)`` the mass ``(P 1)_i`` that each source point sends (NumPy when ``xt`` was NumPy)."""
+        rows = torch.as_tensor(self._check().marginals[0])
+        return rows.numpy() if self._numpy else rows
+
+    def supported(self, min_share: float = 0.1):
+        """``(n,)`` boolean mask of the source points that send at least ``min_share`` times their
+        reference weight: ``(P 1)_i >= min_share * reference_weights_[i]``.
+
+        The barycentric image of a point that sends (almost) nothing is not backed by transported
+        mass; dropping such points from a classifier's training set keeps it to the moved points
+        the plan stands behind. With hard row marginals (balanced OT, ``proportions="reweight"``)
+        every point is kept for any ``min_share <= 1`` (up to the solver's tolerance).
+        ``min_share=0`` keeps every point.
+        """
+        if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0 <= min_share <= 1:
+            raise ValueError(f"min_share={min_share!r}; expected a number in [0, 1]")
+        self._check()
+        rows = torch.as_tensor(self.row_mass_)
+        ref = self.reference_weights_.to(rows.dtype)
+        keep = rows >= min_share * ref
+        return keep.numpy() if self._numpy else keep
 
     def transform(self, x: Any = None, *, batch_size: int = 4096):
         """Move points into the target domain.
@@ -170,7 +220,8 @@ class Transport:
         and class-wide block masses)."""
         res = self._check()
         if x is None:
-            return res.barycentric_map(self.xt_)
+            moved = torch.as_tensor(res.barycentric_map(self.xt_))
+            return moved.numpy() if self._numpy else moved
         numpy = isinstance(x, np.ndarray)
         x = _points(x, "x")
         if x.shape[1] != self.xt_.shape[1]:
@@ -196,5 +247,5 @@ class Transport:
         onehot = torch.nn.functional.one_hot(self.ys_, K).to(self.xt_.dtype if self.xt_.dtype == torch.float64
                                                              else torch.float32)
         scores = res.apply(onehot, transpose=True)
-        scores = torch.as_tensor(scores)
-        return scores.argmax(-1)
+        labels = torch.as_tensor(scores).argmax(-1)
+        return labels.numpy() if self._numpy else labels
