@@ -102,11 +102,20 @@ def test_small_batch_adaptive_rule_equals_the_tensor_rule(rows, check_every):
     omega, failures, ratio = (torch.tensor(c, dtype=F64) for c in (cols[0], [float(f) for f in cols[1]], cols[2]))
     just_set = torch.tensor(cols[3])
     err, last = torch.tensor(cols[4], dtype=F64), torch.tensor(cols[5], dtype=F64)
-    args = (omega, failures, ratio, just_set, err, last, check_every, 1.8)
-    small = engine._adapt_omega(*args)
-    tensor = engine._adapt_omega_tensor(*args)
-    for s, t in zip(small, tensor):
-        torch.testing.assert_close(s, t, equal_nan=True, atol=1e-15, rtol=1e-13)
+    tensor = engine._adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every, 1.8)
+    floats = [engine._adapt_one(*row[:4], e, l, check_every, 1.8)
+              for row, e, l in zip(zip(*(t.tolist() for t in (omega, failures, ratio, just_set))),
+                                   err.tolist(), last.tolist())]
+    for k, t in enumerate(tensor):
+        small = torch.tensor([row[k] for row in floats], dtype=t.dtype)
+        torch.testing.assert_close(small, t, equal_nan=True, atol=1e-15, rtol=1e-13)
+    # the batch state: Python floats for small batches, tensors beyond; the same omegas
+    state = engine._Adaptive(len(rows), err, check_every, 1.8)
+    state.state = [tuple(row) for row in zip(*(t.tolist() for t in (omega, failures, ratio, just_set)))]
+    state.update(err, last)
+    expect = tensor[0]
+    got = torch.ones_like(expect) if state.omega is None else state.omega
+    torch.testing.assert_close(got, expect, atol=1e-15, rtol=1e-13)
 
 
 def block_problem(B=None, n=14, m=11, seed=1, ungrouped=False, zero_block=False):

@@ -155,30 +155,30 @@ def test_adaptive_overrelaxation_rule_and_safeguard():
     omega, failures, ratio, just = torch.ones(3), torch.zeros(3), torch.tensor([0.90, 0.50, 0.90]), f.clone()
     last = torch.tensor([1e-3, 1e-3, 1e-3])
     err = torch.tensor([0.905e-3, 0.6e-3, 0.7e-3])  # stable slow ratio / unstable / unstable
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, err, last, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, err, last, 10, 1.8)
     assert 1.0 < float(omega[0]) <= 1.8 and omega[1:].tolist() == [1.0, 1.0] and just.tolist() == [True, False, False]
     first_omega = float(omega[0])
     # a bump right after omega was set is tolerated; growth at the next check is not
     bump = torch.tensor([1.2e-3, 5e-4, 5e-4])
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, bump, err, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, bump, err, 10, 1.8)
     assert float(omega[0]) > 1.0 and float(failures[0]) == 0
     grow = torch.tensor([1.3e-3, 4e-4, 4e-4])
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, grow, bump, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, grow, bump, 10, 1.8)
     assert float(omega[0]) == 1.0 and float(failures[0]) == 1
     # a plateau (ratio ~1) is not a rate: omega stays 1
     flat = grow * 0.9995
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, flat, grow, 10, 1.8)
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, flat * 0.9995, flat, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, flat, grow, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, flat * 0.9995, flat, 10, 1.8)
     assert float(omega[0]) == 1.0
     # a stable geometric rate again: a retry, more damped than the first omega
     e1 = flat * 0.9995 * 0.9
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, e1, flat * 0.9995, 10, 1.8)
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, ratio, just, e1 * 0.9, e1, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, e1, flat * 0.9995, 10, 1.8)
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, ratio, just, e1 * 0.9, e1, 10, 1.8)
     assert 1.0 < float(omega[0]) < first_omega
     # after ADAPT_TRIES failures the problem stays at omega = 1 for good
     failures = torch.full((3,), float(engine.ADAPT_TRIES))
     omega = torch.ones(3)
-    omega, failures, ratio, just = engine._adapt_omega(omega, failures, torch.full((3,), 0.9), f.clone(),
+    omega, failures, ratio, just = engine._adapt_omega_tensor(omega, failures, torch.full((3,), 0.9), f.clone(),
                                                        torch.full((3,), 0.9e-3), torch.full((3,), 1e-3), 10, 1.8)
     assert omega.tolist() == [1.0, 1.0, 1.0]
 

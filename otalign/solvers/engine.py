@@ -216,7 +216,7 @@ class Acceleration:
     """Options of the loop beyond plain sweeps (see ``docs/concepts.md``, "Speed").
 
     * ``kernel``: use the stabilised kernel domain when it is safe (decided at every check).
-    * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:func:`_adapt_omega`).
+    * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:class:`_Adaptive`).
     * ``anneal``: epsilon scaling, ``(eps0, factor)``: ``stage_iters`` sweeps at each of ``eps0,
       eps0 * factor, ...`` while above the target epsilon (generated lazily, and never past
       ``max_iter``); the ordinary stopping test then runs at the target.
@@ -232,10 +232,10 @@ class Acceleration:
 
 
 def _omega(acc: Acceleration, B: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The fixed over-relaxation factor ``(B,)`` (None for plain sweeps)."""
     if acc.overrelax is None:
         return None
-    start = 1.0 if acc.overrelax == "adaptive" else float(acc.overrelax)
-    return torch.full((B,), start, dtype=like.dtype, device=like.device)
+    return torch.full((B,), float(acc.overrelax), dtype=like.dtype, device=like.device)
 
 
 def _annealing(anneal: Optional[tuple[float, float]], target: float) -> Iterator[float]:
@@ -294,10 +294,8 @@ def iterate(
     history: list[torch.Tensor] = []
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
-    omega = _omega(acc, B, error)
-    failures = torch.zeros(B, dtype=dtype, device=device)
-    ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
-    just_set = torch.zeros(B, dtype=torch.bool, device=device)
+    adaptive = _Adaptive(B, error, check_every, acc.omega_max) if acc.overrelax == "adaptive" else None
+    omega = None if adaptive is not None else _omega(acc, B, error)
     kernel = acc.kernel and plan.kernel_capable
     fused = build_fused(plan, projectors, ids, pair is not None) if kernel else None
     safe = SAFE_DRIFT.get(dtype, 30.0)
@@ -341,10 +339,10 @@ def iterate(
                 plan.absorb()  # the stopping test always reads an exact kernel
             err, _ = measure_errors(plan, projectors, with_gap=False)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
-            if omega is not None and acc.overrelax == "adaptive" and history:
+            if adaptive is not None and history:
                 # omega is piecewise constant in the data: no gradient flows through it (unroll)
-                omega, failures, ratio, just_set = _adapt_omega(
-                    omega, failures, ratio, just_set, err.detach(), history[-1].detach(), check_every, acc.omega_max)
+                adaptive.update(err.detach(), history[-1].detach())
+                omega = adaptive.omega
             history.append(torch.where(active, err, torch.full_like(err, math.nan)))
             check_iters.append(it)
             ok = active & finite & (err <= tol)
@@ -403,17 +401,40 @@ ADAPT_LOW, ADAPT_HIGH, ADAPT_TRIES = 0.8, 0.999, 3
 ADAPT_SCALAR_MAX = 32
 
 
-def _adapt_omega(omega, failures, ratio, just_set, err, last, check_every, omega_max):
-    """Adaptive over-relaxation, per problem (:func:`_adapt_omega_tensor`); small batches on
-    Python floats (:func:`_adapt_one`)."""
-    if omega.numel() > ADAPT_SCALAR_MAX:
-        return _adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every, omega_max)
-    rows = zip(omega.tolist(), failures.tolist(), ratio.tolist(), just_set.tolist(), err.tolist(), last.tolist())
-    out = [_adapt_one(*row, check_every, omega_max) for row in rows]
-    like = dict(dtype=omega.dtype, device=omega.device)
-    return (torch.tensor([o[0] for o in out], **like), torch.tensor([o[1] for o in out], **like),
-            torch.tensor([o[2] for o in out], **like),
-            torch.tensor([o[3] for o in out], dtype=torch.bool, device=omega.device))
+class _Adaptive:
+    """The state of the adaptive over-relaxation of a batch (:func:`_adapt_omega_tensor`'s rule).
+
+    Batches of up to ``ADAPT_SCALAR_MAX`` problems keep it as Python floats (:func:`_adapt_one`:
+    two host reads per check instead of some thirty small tensor operations), larger ones as
+    tensors. :attr:`omega` is the ``(B,)`` factor for the sweeps, None while every problem sweeps
+    plainly (``omega == 1``).
+    """
+
+    def __init__(self, B: int, like: torch.Tensor, check_every: int, omega_max: float) -> None:
+        self.small = B <= ADAPT_SCALAR_MAX
+        self.like = dict(dtype=like.dtype, device=like.device)
+        self.check_every, self.omega_max = check_every, omega_max
+        if self.small:
+            self.state = [(1.0, 0.0, math.nan, False)] * B  # (omega, failures, ratio, just_set)
+            self.omega: Optional[torch.Tensor] = None
+            self._omegas = [1.0] * B  # the factors self.omega holds
+        else:
+            self.state = (torch.ones(B, **self.like), torch.zeros(B, **self.like),
+                          torch.full((B,), math.nan, **self.like), torch.zeros(B, dtype=torch.bool, device=like.device))
+            self.omega = self.state[0]
+
+    def update(self, err: torch.Tensor, last: torch.Tensor) -> None:
+        """One check: ``err`` the errors now, ``last`` at the previous check (NaN: stopped)."""
+        if not self.small:
+            self.state = _adapt_omega_tensor(*self.state, err, last, self.check_every, self.omega_max)
+            self.omega = self.state[0]
+            return
+        self.state = [_adapt_one(*row, e, l, self.check_every, self.omega_max)
+                      for row, e, l in zip(self.state, err.tolist(), last.tolist())]
+        omegas = [row[0] for row in self.state]
+        if omegas != self._omegas:  # a new tensor only when a factor changed
+            self._omegas = omegas
+            self.omega = None if all(o == 1.0 for o in omegas) else torch.tensor(omegas, **self.like)
 
 
 def _adapt_one(omega: float, failures: float, ratio: float, just_set: bool, err: float, last: float,
