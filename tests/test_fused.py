@@ -40,9 +40,11 @@ CASES = {
 @pytest.mark.parametrize("B", [None, 3])
 @pytest.mark.parametrize("pad", [False, True])
 @pytest.mark.parametrize("overrelax", [None, 1.5])
-def test_fused_sweeps_equal_the_generic_kernel_sweeps(monkeypatch, case, B, pad, overrelax):
+@pytest.mark.parametrize("translation", [False, True])
+def test_fused_sweeps_equal_the_generic_kernel_sweeps(monkeypatch, case, B, pad, overrelax, translation):
     M, a, b = problem(B=B, pad=pad)
-    kw = dict(epsilon=0.2, tol=0.0, max_iter=37, check_every=5, overrelax=overrelax, translation=False, warn=False)
+    kw = dict(epsilon=0.2, tol=0.0, max_iter=37, check_every=5, overrelax=overrelax, translation=translation,
+              warn=False)
     built = []
     original = FusedPair.build
 
@@ -59,6 +61,8 @@ def test_fused_sweeps_equal_the_generic_kernel_sweeps(monkeypatch, case, B, pad,
     torch.testing.assert_close(fused.plan, generic.plan, atol=1e-13, rtol=1e-11)
     torch.testing.assert_close(fused.error, generic.error, atol=1e-13, rtol=1e-9)
     torch.testing.assert_close(fused.gap, generic.gap, atol=1e-13, rtol=1e-9)
+    torch.testing.assert_close(fused.f, generic.f, atol=1e-12, rtol=1e-10)  # padding keeps f = 0
+    torch.testing.assert_close(fused.g, generic.g, atol=1e-12, rtol=1e-10)
 
 
 def test_fused_stopping_and_freezing_in_a_batch():
@@ -75,7 +79,8 @@ def test_fused_stopping_and_freezing_in_a_batch():
 def test_fused_path_is_not_used_where_it_does_not_apply():
     M, a, b = problem()
     plan_checks = []
-    for cons, translation in ((C.unbalanced(0.7, a, b), True), ([C.Marginal(axis=0, weights=a), C.Marginal(axis=1, weights=b, relation="<=")], False)):
+    for cons, translation in ((C.unbalanced(0.7, a, b, ) + [C.TotalMass(mass=0.5)], True),
+                              ([C.Marginal(axis=0, weights=a), C.Marginal(axis=1, weights=b, relation="<=")], False)):
         prep = ota.solvers.setup.prepare(M, cons, epsilon=0.2, entropy="kl")
         from otalign.solvers.plan import make_log_plan
         duals = [p.init_dual() for p in prep.projectors]

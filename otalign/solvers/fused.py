@@ -6,9 +6,10 @@ equality that is hard or KL-penalised, one update is a closed form in the scalin
 
 * hard: ``du <- a / (Ktil dv)`` (the KL projection ``f <- f + eps (log a - log P1)``);
 * KL(rho): ``du <- c (a / (Ktil dv))^tau`` with ``tau = rho / (rho + eps)`` and
-  ``c = exp(-(1 - tau) F0 / eps)`` (applied in logs) (``F0`` the potential absorbed into ``Ktil``), i.e.
-  ``f <- tau (f + eps (log a - log P1))``;
+  ``c = exp(-(1 - tau) F0 / eps)`` (applied in logs; ``F0`` the potential absorbed into
+  ``Ktil``), i.e. ``f <- tau (f + eps (log a - log P1))``;
 * over-relaxed: ``du <- du (du* / du)^omega`` (``d <- d + omega (d* - d)`` on the potential);
+* the translation step of unbalanced problems: ``du e^{t/eps}``, ``dv e^{-t/eps}``;
 
 rows whose product ``Ktil dv`` is zero (padding, or rows forced to zero) keep their scaling, as
 :func:`~otalign.solvers.registry.kl_step` keeps their dual. :class:`FusedPair` runs the sweeps
@@ -55,8 +56,9 @@ def _marginal_ok(p: Projector) -> bool:
 
 class FusedPair:
     """Sweeps in scalings for a :class:`DenseLogPlan` whose duals are exactly one row and one
-    column marginal (equalities, hard or KL), updated in that order, with no translation step.
-    Build with :meth:`build`, which returns None when the problem is not of this form."""
+    column marginal (equalities, hard or KL), updated in that order, each sweep ended by the
+    translation step when the engine runs one (``(f + t, g - t)``: ``du e^{t/eps}``,
+    ``dv e^{-t/eps}``). Build with :meth:`build`, which returns None when the problem is not of this form."""
 
     def __init__(self, plan: DenseLogPlan, kr: int, kc: int, pr: MarginalProjector, pc: MarginalProjector) -> None:
         self.kr, self.kc = kr, kc
@@ -66,12 +68,40 @@ class FusedPair:
         self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
         self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
         self.single = plan.batch == 1
+        self.pr, self.pc = pr, pc
+        self.translate = False  # set by build when the translation step ends every sweep
+        self.live_r = torch.isfinite(plan.log_ra)  # padding keeps its duals under the translation
+        self.live_c = torch.isfinite(plan.log_rb)
+
+    def _translated(self, du, dv, F0, G0, eps, keep, live_r, live_c):
+        """The translation step (:func:`otalign.solvers.engine.translate`) on the scalings:
+        ``(f + t, g - t)`` with the ``t`` that maximises the dual objective, i.e.
+        ``du * exp(t / eps)``, ``dv * exp(-t / eps)`` on the live rows and columns."""
+        sides = []
+        for proj, d, P0 in ((self.pr, du, F0), (self.pc, dv, G0)):
+            log_w = proj.log_weights[0] if self.single else proj.log_weights
+            if proj.kind == "hard":  # <w, f + t>: linear in t
+                sides.append(("linear", torch.logsumexp(log_w, -1).expand(d.shape[:-1]), 0.0))
+            else:  # rho <w, 1 - exp(-(f + t) / rho)>, f = F0 + eps log d
+                f = P0 + eps * torch.log(d)
+                sides.append(("exp", torch.logsumexp(log_w - f / proj.rho, -1), proj.rho))
+        (kind_a, log_a, rho_a), (kind_b, log_b, rho_b) = sides
+        if kind_a == "exp" and kind_b == "exp":
+            t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
+        elif kind_a == "linear":
+            t = rho_b * (log_a - log_b)
+        else:
+            t = rho_a * (log_a - log_b)
+        ok = torch.isfinite(t) if keep is None else torch.isfinite(t) & keep[..., 0]
+        t = torch.where(ok, t, torch.zeros_like(t))[..., None] / eps
+        one = torch.ones((), dtype=du.dtype, device=du.device)
+        return du * torch.where(live_r, torch.exp(t), one), dv * torch.where(live_c, torch.exp(-t), one)
 
     @classmethod
     def build(cls, plan, projectors: list[Projector], ids: list[int], translation: bool) -> Optional["FusedPair"]:
         """A :class:`FusedPair` for this plan, or None (another footprint, an inequality, a TV
-        penalty, block duals, forbidden pairs held as labels only, row sharding, or a translation
-        step to run)."""
+        penalty, block duals, row sharding). ``translation``: the engine ends every sweep with the
+        translation step (applied here when a side is KL)."""
         if not isinstance(plan, DenseLogPlan) or plan.reducer.sharded or plan._group_ids:
             return None
         if len(ids) != 2:
@@ -84,11 +114,12 @@ class FusedPair:
             return None
         if not (_marginal_ok(pr) and _marginal_ok(pc)):
             return None
-        if translation and "KL" in (pr.kind, pc.kind):
-            return None  # the translation step ends every sweep there (engine.translate)
         if plan.duals[kr].shape != (plan.batch, plan.n) or plan.duals[kc].shape != (plan.batch, plan.m):
             return None
-        return cls(plan, kr, kc, pr, pc)
+        out = cls(plan, kr, kc, pr, pc)
+        # the engine ends every sweep with the translation step where it applies (not both hard)
+        out.translate = translation and "KL" in (pr.kind, pc.kind)
+        return out
 
 
     def sweeps(
@@ -116,9 +147,11 @@ class FusedPair:
         w = None if omega is None else omega[:, None]
         keep = None if active is None else active[:, None]
         dead = _dead_lines(self, plan, K)
+        F0t, G0t, live_r, live_c = F0, G0, self.live_r, self.live_c
         if self.single:  # (n,) vectors: one matrix-vector product, no batch dimension
             K2, KT = K[0], K[0].t()
             du, dv, a, b = du[0], dv[0], self.a[0], self.b[0]
+            F0t, G0t, live_r, live_c = F0[0], G0[0], live_r[0], live_c[0]
             c_r = None if c_r is None else c_r[0]
             c_c = None if c_c is None else c_c[0]
             w = None if w is None else w[0]
@@ -130,7 +163,8 @@ class FusedPair:
             # column right-hand side on CPU (see DenseLogPlan._kernel_row)
             row = lambda d: torch.bmm(d[:, None, :], K.transpose(1, 2))[:, 0]  # noqa: E731
             col = lambda d: torch.bmm(d[:, None, :], K)[:, 0]  # noqa: E731
-        if self.single and self.tau_r == self.tau_c == 1.0 and w is None and keep is None and not dead:
+        if self.single and self.tau_r == self.tau_c == 1.0 and w is None and keep is None and not dead \
+                and not self.translate:
             # plain Sinkhorn on one problem: two products and two divisions per sweep
             for _ in range(count - 1):
                 du = torch.div(a, torch.mv(K2, dv))
@@ -139,17 +173,20 @@ class FusedPair:
             du = torch.div(a, torch.mv(K2, dv))
             KTu = torch.mv(KT, du)
             dv = torch.div(b, KTu)
+            col_marginal = (KTu, dv)
         else:
             prev = (du, dv)
-            KTu = du
             for _ in range(count):
                 prev = (du, dv)
                 du = _step(du, row(dv), a, self.tau_r, c_r, w, keep, dead)
                 KTu = col(du)
                 dv = _step(dv, KTu, b, self.tau_c, c_c, w, keep, dead)
+                col_marginal = (KTu, dv)
+                if self.translate:  # leaves the plan, hence its marginals, unchanged
+                    du, dv = self._translated(du, dv, F0t, G0t, eps, keep, live_r, live_c)
         # the marginals at the final scalings, for the check that follows: the column one from the
         # last update's product, the row one from one more product (the check needs it anyway)
-        log_row, log_col = torch.log(row(dv) * du), torch.log(KTu * dv)
+        log_row, log_col = torch.log(row(dv) * du), torch.log(col_marginal[0] * col_marginal[1])
         if self.single:
             du, dv, log_row, log_col = du[None], dv[None], log_row[None], log_col[None]
             prev = (prev[0][None], prev[1][None])
