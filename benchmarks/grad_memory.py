@@ -52,7 +52,7 @@ def _worker(spec: dict, queue) -> None:
             start_rss = _rss_mb()
         t0 = time.perf_counter()
         if spec["lib"] == "otalign":
-            res = ota.solve(cost, epsilon=0.05, tol=1e-30, max_iter=iters, grad=spec["mode"])
+            res = ota.solve(cost, epsilon=0.05, tol=0, max_iter=iters, grad=spec["mode"])
             loss = res.value.sum()
         elif B == 1:
             u = torch.full((n,), 1.0 / n)

@@ -37,8 +37,8 @@ def main() -> None:
     eps = 1e-3 * float(cost.max() - cost.min())
     u = torch.full((args.n,), 1.0 / args.n)
     runs = {
-        "otalign (auto)": lambda: ota.solve(cost, epsilon=eps, tol=1e-30, max_iter=args.iters, grad="none").plan,
-        "otalign (log)": lambda: ota.solve(cost, epsilon=eps, tol=1e-30, max_iter=args.iters, method="log", grad="none").plan,
+        "otalign (auto)": lambda: ota.solve(cost, epsilon=eps, tol=0, max_iter=args.iters, grad="none").plan,
+        "otalign (log)": lambda: ota.solve(cost, epsilon=eps, tol=0, max_iter=args.iters, method="log", grad="none").plan,
         "POT sinkhorn": lambda: ot.sinkhorn(u, u, cost, eps, method="sinkhorn", numItermax=args.iters, stopThr=-1),
         "POT sinkhorn_log": lambda: ot.sinkhorn(u, u, cost, eps, method="sinkhorn_log", numItermax=args.iters, stopThr=-1),
         "POT sinkhorn_stabilized": lambda: ot.sinkhorn(u, u, cost, eps, method="sinkhorn_stabilized", numItermax=args.iters, stopThr=-1),
