@@ -186,3 +186,19 @@ def test_bad_inputs_name_the_argument():
         ota.sinkhorn_divergence([x, torch.randn(3, 3)], [x, x], epsilon=0.1)
     with pytest.raises(ValueError, match="constraints"):
         ota.sinkhorn_divergence(x, x, epsilon=0.1, constraints=ota.constraints.balanced())
+
+
+def test_debiasing_solve_warm_started_near_its_solution_stops_before_check_every():
+    from otalign import geometry as G
+    from otalign.samples.symmetric import averaged_ot
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    w = torch.full((1, 40), 1 / 40, dtype=torch.float64)
+    geom = G.PointCloud(x, x)
+    kw = dict(epsilon=0.1, rho=(None, None), tol=1e-10, max_iter=2000, symmetric=True, check_every=10)
+    cold, (f, _), cold_sweeps, ok = averaged_ot(geom, w, w, **kw)
+    assert ok and cold_sweeps >= 10
+    start = f + 1e-9 * torch.randn(f.shape, generator=gen, dtype=torch.float64)
+    warm, _, sweeps, ok = averaged_ot(geom, w, w, init=(start, start), **kw)
+    assert ok and 1 <= sweeps < 10 and abs(float(warm - cold)) < 1e-12
