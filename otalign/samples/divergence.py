@@ -59,6 +59,34 @@ def _init_for(prev, geom: PointCloud):
     return None
 
 
+def _extrapolate(history: list):
+    """The warm start of one term from its potentials at the last calls (newest first).
+
+    In a gradient flow the potentials move smoothly from call to call, so the linear extrapolation
+    ``p_t + (p_t - p_{t-1})`` starts the next solve an order closer to its solution than ``p_t``
+    (an error of the second difference instead of the first). It is used per problem only where
+    the last second difference ``p_t - 2 p_{t-1} + p_{t-2}`` was smaller than the last step
+    ``p_t - p_{t-1}`` (the trajectory is smooth); otherwise (unrelated calls of the same shapes,
+    a jump) the start is ``p_t``. Shapes must match over the three calls.
+    """
+    if not history or history[0] is None:
+        return None
+    if len(history) < 3 or any(h is None for h in history):
+        return history[0]
+    (f0, g0), (f1, g1), (f2, g2) = history
+    if not (f0.shape == f1.shape == f2.shape and g0.shape == g1.shape == g2.shape):
+        return history[0]
+
+    def finite(t):
+        return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+    df, dg = finite(f0 - f1), finite(g0 - g1)
+    step = df.square().sum(-1) + dg.square().sum(-1)
+    curve = finite(df - (f1 - f2)).square().sum(-1) + finite(dg - (g1 - g2)).square().sum(-1)
+    smooth = (curve < step)[..., None]
+    return (f0 + torch.where(smooth, df, torch.zeros_like(df)), g0 + torch.where(smooth, dg, torch.zeros_like(dg)))
+
+
 class Term:
     """One solve of a divergence: ``value``, potentials ``(f, g)`` (compute dtype, ``(B, n)``,
     ``(B, m)``), ``n_iters`` (sweeps) and ``converged``."""
@@ -76,7 +104,7 @@ class Term:
 
 
 def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_iter, grad, constraints, inits,
-                check_every):
+                check_every, reuse=(None, None)):
     eps = check_epsilon(epsilon)
     cx, cy = Clouds(x, "x"), Clouds(y, "y")
     if cx.d != cy.d:
@@ -136,8 +164,8 @@ def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_ite
     inits = inits or (None, None, None)
     selfs = []
     if debias:  # first: their potentials start the cross term (its optimum when x = y)
-        selfs = [term(xs, xs, cx, cx, wa, wa, inits[1], symmetric=True),
-                 term(ys, ys, cy, cy, wb, wb, inits[2], symmetric=True)]
+        selfs = [reuse[0] or term(xs, xs, cx, cx, wa, wa, inits[1], symmetric=True),
+                 reuse[1] or term(ys, ys, cy, cy, wb, wb, inits[2], symmetric=True)]
     geom = PointCloud(xs, ys, cost=cost, backend=backend)
     geom.numpy_input = False  # the divergence converts its own output
     start = inits[0]
@@ -257,6 +285,8 @@ class SinkhornDivergence(torch.nn.Module):
         self.tol, self.max_iter, self.grad, self.warm_start = tol, max_iter, grad, bool(warm_start)
         self.check_every = check_every
         self._inits: Optional[tuple] = None
+        self._history: list = []  # the potentials of the last calls, newest first (at most 3)
+        self._fixed: list = [None, None]  # per side: (cloud, weights, versions, settings, debiasing Term)
         #: the :class:`~otalign.OTResult` of each term of the last call (``OT(a, b)``, then the
         #: debiasing terms)
         self.results: list = []
@@ -268,19 +298,55 @@ class SinkhornDivergence(torch.nn.Module):
             a, x, b, y = args
         else:
             raise ValueError(f"SinkhornDivergence takes (x, y) or (a, x, b, y); got {len(args)} arguments")
+        reuse = (None, None)
+        if self.warm_start:
+            reuse = tuple(self._reusable(k, c, w, (x, y, a, b)) for k, (c, w) in enumerate(((x, a), (y, b))))
         value, results = _divergence(
             x, y, a, b, epsilon=self.epsilon, cost=self.cost, rho=self.rho, backend=self.backend,
             debias=self.debias, tol=self.tol, max_iter=self.max_iter, grad=self.grad, constraints=None,
-            inits=self._inits if self.warm_start else None, check_every=self.check_every,
+            inits=self._inits if self.warm_start else None, check_every=self.check_every, reuse=reuse,
         )
         self.results = results
         if self.warm_start:
-            self._inits = tuple(r.potentials for r in results) + (None,) * (3 - len(results))
+            if self.debias:
+                for k, (c, w) in enumerate(((x, a), (y, b))):
+                    key = self._fixed_key(c, w, (x, y, a, b))
+                    self._fixed[k] = None if key is None else (c, w, key, results[1 + k])
+            latest = tuple(r.potentials for r in results) + (None,) * (3 - len(results))
+            self._history = [latest] + self._history[:2]
+            self._inits = tuple(_extrapolate([h[k] for h in self._history]) for k in range(3))
         return value
+
+    def _fixed_key(self, cloud: Any, weights: Any, inputs: tuple) -> Optional[tuple]:
+        """What identifies a debiasing term's inputs between calls: torch tensors that do not
+        require grad, with their in-place versions, the settings and the shapes and dtypes of all
+        the inputs (they set the output's shape and dtype); None when it cannot be known (NumPy
+        arrays, lists, tensors requiring grad)."""
+        if not (isinstance(cloud, torch.Tensor) and not cloud.requires_grad):
+            return None
+        if weights is not None and not (isinstance(weights, torch.Tensor) and not weights.requires_grad):
+            return None
+        settings = (self.epsilon, self.cost, repr(self.rho), self.backend, self.tol, self.max_iter, self.grad)
+        forms = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t) for t in inputs)
+        return (cloud._version, None if weights is None else weights._version, settings, forms)
+
+    def _reusable(self, side: int, cloud: Any, weights: Any, inputs: tuple) -> Optional[Term]:
+        """The previous call's debiasing term of this side when its inputs are the same objects,
+        unchanged (a fixed target: ``OT(b, b)`` is then the same number, with no gradient)."""
+        held = self._fixed[side]
+        if held is None or not self.debias or held[0] is not cloud or held[1] is not weights:
+            return None
+        key = self._fixed_key(cloud, weights, inputs)
+        if key is None or key != held[2]:
+            return None
+        old = held[3]
+        return Term(old.value, old.potentials, 0, old.converged)
 
     def reset(self) -> None:
         """Forget the warm start."""
         self._inits = None
+        self._history = []
+        self._fixed = [None, None]
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon:g}, cost={self.cost!r}, rho={self.rho!r}, debias={self.debias}, "
