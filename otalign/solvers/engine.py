@@ -58,6 +58,7 @@ class Trace:
     diverged: torch.Tensor  # (B,) non-finite values met (rolled back)
     gap: torch.Tensor  # (B,) duality gap (primal minus dual objective) at the last check
     stalled: torch.Tensor  # (B,) stopped early: no progress over the stall window (see iterate)
+    omega: Optional[torch.Tensor] = None  # (B,) over-relaxation at the end (None: plain sweeps)
 
 
 def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> torch.Tensor:
@@ -203,6 +204,9 @@ class Acceleration:
 
     * ``kernel``: use the stabilised kernel domain when it is safe (decided at every check).
     * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:func:`_adapt_omega`).
+    * ``omega_start``: adaptive only: the starting ``omega`` (a number or ``(B,)``; default 1),
+      e.g. the final ``omega`` of the previous solve of a similar problem (a warm start); clamped
+      to ``[1, omega_max]``, and subject to the same safeguard as an ``omega`` the rule sets.
     * ``anneal``: epsilon scaling, ``(eps0, factor)``: ``stage_iters`` sweeps at each of ``eps0,
       eps0 * factor, ...`` while above the target epsilon (generated lazily, and never past
       ``max_iter``); the ordinary stopping test then runs at the target.
@@ -211,6 +215,7 @@ class Acceleration:
 
     kernel: bool = False
     overrelax: Optional[object] = None
+    omega_start: Optional[object] = None
     omega_max: float = 1.8
     anneal: Optional[tuple[float, float]] = None
     stage_iters: int = 10
@@ -220,6 +225,9 @@ class Acceleration:
 def _omega(acc: Acceleration, B: int, like: torch.Tensor) -> Optional[torch.Tensor]:
     if acc.overrelax is None:
         return None
+    if acc.overrelax == "adaptive" and acc.omega_start is not None:
+        start = torch.as_tensor(acc.omega_start, dtype=like.dtype, device=like.device).reshape(-1)
+        return torch.clamp(start.expand(B).clone(), min=1.0, max=acc.omega_max)
     start = 1.0 if acc.overrelax == "adaptive" else float(acc.overrelax)
     return torch.full((B,), start, dtype=like.dtype, device=like.device)
 
@@ -283,7 +291,8 @@ def iterate(
     omega = _omega(acc, B, error)
     failures = torch.zeros(B, dtype=dtype, device=device)
     ratio = torch.full((B,), math.nan, dtype=dtype, device=device)
-    just_set = torch.zeros(B, dtype=torch.bool, device=device)
+    # a started omega > 1 counts as just set: the first check after it may show a transient bump
+    just_set = torch.zeros(B, dtype=torch.bool, device=device) if omega is None else omega > 1
     kernel = acc.kernel and plan.kernel_capable
     safe = SAFE_DRIFT.get(dtype, 30.0)
     target_eps = plan.eps
@@ -366,6 +375,7 @@ def iterate(
         diverged=diverged,
         gap=gap,
         stalled=stalled,
+        omega=omega,
     )
 
 
