@@ -205,6 +205,8 @@ def test_warm_start_extrapolates_smooth_trajectories_and_keeps_the_values():
     f_start, g_start = loss._inits[0]
     assert torch.allclose(f_start, 2 * f3 - f2, atol=1e-14) and torch.allclose(g_start, 2 * g3 - g2, atol=1e-14)
     assert float((g3 - g2).abs().max()) > 1e-4  # the potentials did move: the check above means something
+    # the over-relaxation OT(x, y) ended with starts the next call's (overrelax_start)
+    assert loss._omega is not None and torch.equal(loss._omega, loss.results[0].result._trace.omega)
 
 
 def test_extrapolation_falls_back_to_the_last_potentials_off_a_smooth_path():

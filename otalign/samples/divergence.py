@@ -11,8 +11,9 @@ debiasing of Sejourne, Feydy, Vialard, Trouve, Peyre 2019). ``S >= 0`` and ``S(a
 :class:`~otalign.geometry.PointCloud`; gradients w.r.t. the points and the weights follow by the
 envelope theorem from the potentials (exact at convergence, no adjoint solve). ``OT(a, b)`` is
 one :func:`otalign.solve` (``grad="envelope"``), started from the debiasing terms' potentials
-(its optimum when ``x = y``) or from the previous call's (``warm_start``), with adaptive
-over-relaxation (about half the sweeps of plain sweeps in a gradient flow); the debiasing terms
+(its optimum when ``x = y``) or from the previous calls' (``warm_start``: extrapolated along the
+flow, with the previous over-relaxation), with adaptive over-relaxation (about half the sweeps of
+plain sweeps in a gradient flow); the debiasing terms
 use symmetric averaged updates (:mod:`otalign.samples.symmetric`), which converge in tens of
 sweeps where alternating Sinkhorn sweeps crawl.
 """
@@ -104,7 +105,7 @@ class Term:
 
 
 def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_iter, grad, constraints, inits,
-                check_every, reuse=(None, None)):
+                check_every, reuse=(None, None), omega=None):
     eps = check_epsilon(epsilon)
     cx, cy = Clouds(x, "x"), Clouds(y, "y")
     if cx.d != cy.d:
@@ -179,9 +180,11 @@ def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_ite
     cons = constraints if constraints is not None else _marginals(rho, wa, wb)
     # method="log" for batches: the kernel-domain switch of method="auto" is ~50x slower per sweep
     # on batches whose problems stop at different sweeps (measured with torch 2.13 on CPU)
+    if constraints is not None or omega is None or omega.numel() not in (1, geom.batch):
+        omega = None
     res = solve(geom, cons, epsilon=eps, tol=tol, max_iter=max_iter, grad=grad, check_every=check_every,
                 init=start if constraints is None else None, method="log" if geom.batch > 1 or batched else "auto",
-                overrelax="adaptive" if constraints is None else None)
+                overrelax="adaptive" if constraints is None else None, overrelax_start=omega)
     res_xy = Term(res.value, (res.f.detach(), res.g.detach()), int(res.n_iters.max()), bool(res.converged.all()))
     res_xy.result = res
     results = [res_xy]
@@ -255,9 +258,14 @@ def sinkhorn_divergence(
 class SinkhornDivergence(torch.nn.Module):
     """:func:`sinkhorn_divergence` as a loss module: ``loss(x, y)`` or ``loss(a, x, b, y)``.
 
-    ``warm_start=True`` starts each call's three solves from the previous call's potentials when
+    ``warm_start=True`` starts each call's three solves from the previous calls' potentials when
     the shapes match (a gradient-descent loop moves the points a little per step, so the solves
-    take a fraction of the sweeps). The other arguments are those of :func:`sinkhorn_divergence`.
+    take a fraction of the sweeps): from their linear extrapolation ``2 p_t - p_{t-1}`` where the
+    last calls moved smoothly (:func:`_extrapolate`), and ``OT(a, b)`` from the over-relaxation
+    its last solve ended with (``overrelax_start``). A debiasing term whose input is the same
+    tensor as at the last call, unchanged in place and not requiring grad (a fixed target), is
+    not solved again. The values are those of cold solves to ``tol``; only the sweeps differ.
+    The other arguments are those of :func:`sinkhorn_divergence`.
 
     >>> loss = ota.SinkhornDivergence(epsilon=0.01, warm_start=True)
     >>> S = loss(x, y)            # or loss(a, x, b, y)
@@ -287,6 +295,7 @@ class SinkhornDivergence(torch.nn.Module):
         self._inits: Optional[tuple] = None
         self._history: list = []  # the potentials of the last calls, newest first (at most 3)
         self._fixed: list = [None, None]  # per side: (cloud, weights, versions, settings, debiasing Term)
+        self._omega: Optional[torch.Tensor] = None  # the over-relaxation OT(a, b) ended with
         #: the :class:`~otalign.OTResult` of each term of the last call (``OT(a, b)``, then the
         #: debiasing terms)
         self.results: list = []
@@ -305,6 +314,7 @@ class SinkhornDivergence(torch.nn.Module):
             x, y, a, b, epsilon=self.epsilon, cost=self.cost, rho=self.rho, backend=self.backend,
             debias=self.debias, tol=self.tol, max_iter=self.max_iter, grad=self.grad, constraints=None,
             inits=self._inits if self.warm_start else None, check_every=self.check_every, reuse=reuse,
+            omega=self._omega if self.warm_start else None,
         )
         self.results = results
         if self.warm_start:
@@ -312,6 +322,7 @@ class SinkhornDivergence(torch.nn.Module):
                 for k, (c, w) in enumerate(((x, a), (y, b))):
                     key = self._fixed_key(c, w, (x, y, a, b))
                     self._fixed[k] = None if key is None else (c, w, key, results[1 + k])
+            self._omega = getattr(results[0].result._trace, "omega", None)
             latest = tuple(r.potentials for r in results) + (None,) * (3 - len(results))
             self._history = [latest] + self._history[:2]
             self._inits = tuple(_extrapolate([h[k] for h in self._history]) for k in range(3))
@@ -347,6 +358,7 @@ class SinkhornDivergence(torch.nn.Module):
         self._inits = None
         self._history = []
         self._fixed = [None, None]
+        self._omega = None
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon:g}, cost={self.cost!r}, rho={self.rho!r}, debias={self.debias}, "
