@@ -186,3 +186,92 @@ def test_bad_inputs_name_the_argument():
         ota.sinkhorn_divergence([x, torch.randn(3, 3)], [x, x], epsilon=0.1)
     with pytest.raises(ValueError, match="constraints"):
         ota.sinkhorn_divergence(x, x, epsilon=0.1, constraints=ota.constraints.balanced())
+
+
+def test_warm_start_extrapolates_smooth_trajectories_and_keeps_the_values():
+    """Along a smooth path the module starts each solve from ``2 p_t - p_{t-1}``; the values are
+    those of cold solves (float64, to the tolerance), whatever the start."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(25, 2, generator=gen, dtype=torch.float64) * 0.5 + 1
+    loss = ota.SinkhornDivergence(epsilon=0.1, warm_start=True)
+    pots = []
+    for t in range(4):
+        xt = x + 0.02 * t
+        S = loss(xt, y)
+        assert abs(float(S) - float(ota.sinkhorn_divergence(xt, y, epsilon=0.1))) < 1e-9
+        pots.append(loss.results[0].potentials)
+    (f2, g2), (f3, g3) = pots[-2], pots[-1]
+    f_start, g_start = loss._inits[0]
+    assert torch.allclose(f_start, 2 * f3 - f2, atol=1e-14) and torch.allclose(g_start, 2 * g3 - g2, atol=1e-14)
+    assert float((g3 - g2).abs().max()) > 1e-4  # the potentials did move: the check above means something
+    # the over-relaxation OT(x, y) ended with starts the next call's (overrelax_start)
+    assert loss._omega is not None and torch.equal(loss._omega, loss.results[0].result._trace.omega)
+
+
+def test_extrapolation_falls_back_to_the_last_potentials_off_a_smooth_path():
+    from otalign.samples.divergence import _extrapolate
+
+    def pair(f, g):
+        return torch.tensor([f]), torch.tensor([g])
+
+    line = [pair([3.0, 1.0], [2.0]), pair([2.0, 1.0], [1.0]), pair([1.0, 1.0], [0.0])]  # newest first
+    f, g = _extrapolate(line)
+    assert f.tolist() == [[4.0, 1.0]] and g.tolist() == [[3.0]]
+    jump = [line[0], pair([-5.0, 1.0], [9.0]), line[2]]
+    f, g = _extrapolate(jump)  # second difference larger than the step: no extrapolation
+    assert f.tolist() == [[3.0, 1.0]] and g.tolist() == [[2.0]]
+    assert _extrapolate(line[:2]) is line[0]  # too short a history
+    assert _extrapolate([line[0], (torch.zeros(1, 3), torch.zeros(1, 1)), line[2]]) is line[0]  # shapes changed
+    padded = [(torch.tensor([[3.0, -float("inf")]]), g) for _, g in line]
+    f, _ = _extrapolate(padded)
+    assert f[0, 1] == -float("inf") and f[0, 0] == 3.0
+    # per problem of a batch
+    both = [(torch.cat([fl, fj]), torch.cat([gl, gj])) for (fl, gl), (fj, gj) in zip(line, jump)]
+    f, _ = _extrapolate(both)
+    assert f.tolist() == [[4.0, 1.0], [3.0, 1.0]]
+
+
+def test_fixed_target_debiasing_term_is_reused_until_the_target_changes():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(25, 2, generator=gen, dtype=torch.float64) + 1
+    loss = ota.SinkhornDivergence(epsilon=0.1, warm_start=True)
+    loss(x, y)
+    first = loss.results[2]
+    xg = (x + 0.01).requires_grad_()
+    S = loss(xg, y)
+    assert loss.results[2].value is first.value and loss.results[2].n_iters == 0  # OT(y, y) not solved again
+    xr = (x + 0.01).requires_grad_()
+    ref = ota.sinkhorn_divergence(xr, y, epsilon=0.1)
+    assert abs(float(S.detach()) - float(ref.detach())) < 1e-8  # warm and cold agree to the tolerance
+    S.backward()
+    ref.backward()
+    assert torch.allclose(xg.grad, xr.grad, atol=1e-8, rtol=0)
+    with torch.no_grad():
+        y.mul_(1.3)  # in place: the term must be recomputed
+    S = loss(x, y)
+    assert loss.results[2].value is not first.value and loss.results[2].n_iters > 0
+    assert abs(float(S) - float(ota.sinkhorn_divergence(x, y, epsilon=0.1))) < 1e-8
+    y2 = y.clone()  # another object with equal values is recomputed too (and gives the same)
+    S2 = loss(x, y2)
+    assert loss.results[2].value is not first.value
+    assert abs(float(S2) - float(S)) < 1e-8
+    S3 = loss(x.float(), y2.float())  # dtypes change: no reuse of a float64 term
+    assert S3.dtype == torch.float32 and loss.results[2].value.dtype == torch.float32
+
+
+def test_debiasing_solve_warm_started_near_its_solution_stops_before_check_every():
+    from otalign import geometry as G
+    from otalign.samples.symmetric import averaged_ot
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    w = torch.full((1, 40), 1 / 40, dtype=torch.float64)
+    geom = G.PointCloud(x, x)
+    kw = dict(epsilon=0.1, rho=(None, None), tol=1e-10, max_iter=2000, symmetric=True, check_every=10)
+    cold, (f, _), cold_sweeps, ok = averaged_ot(geom, w, w, **kw)
+    assert ok and cold_sweeps >= 10
+    start = f + 1e-9 * torch.randn(f.shape, generator=gen, dtype=torch.float64)
+    warm, _, sweeps, ok = averaged_ot(geom, w, w, init=(start, start), **kw)
+    assert ok and 1 <= sweeps < 10 and abs(float(warm - cold)) < 1e-12

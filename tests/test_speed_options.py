@@ -253,3 +253,33 @@ def test_speed_option_validation():
                           (dict(overrelax="fast"), "overrelax"), (dict(anneal=1.5), "anneal")]:
         with pytest.raises(ValueError, match=match):
             ota.solve(cost, epsilon=0.1, **kwargs)
+
+
+def test_overrelax_start_is_where_the_adaptive_rule_starts():
+    cost = sphere_cost(60, 60, 7, dtype=torch.float64)
+    kw = dict(epsilon=0.03, tol=1e-9, max_iter=100_000)
+    first = ota.solve(cost, **kw)
+    assert first.omega is not None and float(first.omega) > 1.0  # the rule raised omega on this slow problem
+    assert ota.solve(cost, overrelax=None, **kw).omega is None
+    # before the second check the started omega is the omega of every sweep: as a fixed one
+    short = dict(epsilon=0.03, tol=0.0, max_iter=10, check_every=10)
+    started = ota.solve(cost, overrelax_start=1.5, **short)
+    fixed = ota.solve(cost, overrelax=1.5, **short)
+    plain = ota.solve(cost, **short)
+    assert torch.equal(started.f, fixed.f) and not torch.allclose(started.f, plain.f)
+    # converged: the same plan as from omega = 1 (float64), per problem of a batch
+    moved = torch.stack([cost + 1e-4 * sphere_cost(60, 60, 8, dtype=torch.float64)] * 2)
+    res = ota.solve(moved, init=(first.f, first.g), overrelax_start=torch.tensor([float(first.omega), 1.0]), **kw)
+    ref = ota.solve(moved[0], init=(first.f, first.g), **kw)
+    assert bool(res.converged.all()) and res.omega.shape == (2,)
+    assert float((res.plan[0] - ref.plan).abs().sum()) < 1e-7 and float((res.plan[1] - ref.plan).abs().sum()) < 1e-7
+
+
+def test_overrelax_start_validation():
+    cost = torch.rand(4, 3)
+    for kwargs, match in [(dict(overrelax_start=2.0), "overrelax_start"),
+                          (dict(overrelax_start=0.5), "overrelax_start"),
+                          (dict(overrelax_start=1.5, overrelax=None), "overrelax_start"),
+                          (dict(overrelax_start=torch.tensor([1.2, 1.3])), "overrelax_start")]:
+        with pytest.raises(ValueError, match=match):
+            ota.solve(cost, epsilon=0.1, **kwargs)

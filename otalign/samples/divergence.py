@@ -11,8 +11,9 @@ debiasing of Sejourne, Feydy, Vialard, Trouve, Peyre 2019). ``S >= 0`` and ``S(a
 :class:`~otalign.geometry.PointCloud`; gradients w.r.t. the points and the weights follow by the
 envelope theorem from the potentials (exact at convergence, no adjoint solve). ``OT(a, b)`` is
 one :func:`otalign.solve` (``grad="envelope"``), started from the debiasing terms' potentials
-(its optimum when ``x = y``) or from the previous call's (``warm_start``), with adaptive
-over-relaxation (about half the sweeps of plain sweeps in a gradient flow); the debiasing terms
+(its optimum when ``x = y``) or from the previous calls' (``warm_start``: extrapolated along the
+flow, with the previous over-relaxation), with adaptive over-relaxation (about half the sweeps of
+plain sweeps in a gradient flow); the debiasing terms
 use symmetric averaged updates (:mod:`otalign.samples.symmetric`), which converge in tens of
 sweeps where alternating Sinkhorn sweeps crawl.
 """
@@ -59,6 +60,34 @@ def _init_for(prev, geom: PointCloud):
     return None
 
 
+def _extrapolate(history: list):
+    """The warm start of one term from its potentials at the last calls (newest first).
+
+    In a gradient flow the potentials move smoothly from call to call, so the linear extrapolation
+    ``p_t + (p_t - p_{t-1})`` starts the next solve an order closer to its solution than ``p_t``
+    (an error of the second difference instead of the first). It is used per problem only where
+    the last second difference ``p_t - 2 p_{t-1} + p_{t-2}`` was smaller than the last step
+    ``p_t - p_{t-1}`` (the trajectory is smooth); otherwise (unrelated calls of the same shapes,
+    a jump) the start is ``p_t``. Shapes must match over the three calls.
+    """
+    if not history or history[0] is None:
+        return None
+    if len(history) < 3 or any(h is None for h in history):
+        return history[0]
+    (f0, g0), (f1, g1), (f2, g2) = history
+    if not (f0.shape == f1.shape == f2.shape and g0.shape == g1.shape == g2.shape):
+        return history[0]
+
+    def finite(t):
+        return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+    df, dg = finite(f0 - f1), finite(g0 - g1)
+    step = df.square().sum(-1) + dg.square().sum(-1)
+    curve = finite(df - (f1 - f2)).square().sum(-1) + finite(dg - (g1 - g2)).square().sum(-1)
+    smooth = (curve < step)[..., None]
+    return (f0 + torch.where(smooth, df, torch.zeros_like(df)), g0 + torch.where(smooth, dg, torch.zeros_like(dg)))
+
+
 class Term:
     """One solve of a divergence: ``value``, potentials ``(f, g)`` (compute dtype, ``(B, n)``,
     ``(B, m)``), ``n_iters`` (sweeps) and ``converged``."""
@@ -76,7 +105,7 @@ class Term:
 
 
 def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_iter, grad, constraints, inits,
-                check_every):
+                check_every, reuse=(None, None), omega=None):
     eps = check_epsilon(epsilon)
     cx, cy = Clouds(x, "x"), Clouds(y, "y")
     if cx.d != cy.d:
@@ -136,8 +165,8 @@ def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_ite
     inits = inits or (None, None, None)
     selfs = []
     if debias:  # first: their potentials start the cross term (its optimum when x = y)
-        selfs = [term(xs, xs, cx, cx, wa, wa, inits[1], symmetric=True),
-                 term(ys, ys, cy, cy, wb, wb, inits[2], symmetric=True)]
+        selfs = [reuse[0] or term(xs, xs, cx, cx, wa, wa, inits[1], symmetric=True),
+                 reuse[1] or term(ys, ys, cy, cy, wb, wb, inits[2], symmetric=True)]
     geom = PointCloud(xs, ys, cost=cost, backend=backend)
     geom.numpy_input = False  # the divergence converts its own output
     start = inits[0]
@@ -151,9 +180,11 @@ def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_ite
     cons = constraints if constraints is not None else _marginals(rho, wa, wb)
     # method="log" for batches: the kernel-domain switch of method="auto" is ~50x slower per sweep
     # on batches whose problems stop at different sweeps (measured with torch 2.13 on CPU)
+    if constraints is not None or omega is None or omega.numel() not in (1, geom.batch):
+        omega = None
     res = solve(geom, cons, epsilon=eps, tol=tol, max_iter=max_iter, grad=grad, check_every=check_every,
                 init=start if constraints is None else None, method="log" if geom.batch > 1 or batched else "auto",
-                overrelax="adaptive" if constraints is None else None)
+                overrelax="adaptive" if constraints is None else None, overrelax_start=omega)
     res_xy = Term(res.value, (res.f.detach(), res.g.detach()), int(res.n_iters.max()), bool(res.converged.all()))
     res_xy.result = res
     results = [res_xy]
@@ -227,9 +258,14 @@ def sinkhorn_divergence(
 class SinkhornDivergence(torch.nn.Module):
     """:func:`sinkhorn_divergence` as a loss module: ``loss(x, y)`` or ``loss(a, x, b, y)``.
 
-    ``warm_start=True`` starts each call's three solves from the previous call's potentials when
+    ``warm_start=True`` starts each call's three solves from the previous calls' potentials when
     the shapes match (a gradient-descent loop moves the points a little per step, so the solves
-    take a fraction of the sweeps). The other arguments are those of :func:`sinkhorn_divergence`.
+    take a fraction of the sweeps): from their linear extrapolation ``2 p_t - p_{t-1}`` where the
+    last calls moved smoothly (:func:`_extrapolate`), and ``OT(a, b)`` from the over-relaxation
+    its last solve ended with (``overrelax_start``). A debiasing term whose input is the same
+    tensor as at the last call, unchanged in place and not requiring grad (a fixed target), is
+    not solved again. The values are those of cold solves to ``tol``; only the sweeps differ.
+    The other arguments are those of :func:`sinkhorn_divergence`.
 
     >>> loss = ota.SinkhornDivergence(epsilon=0.01, warm_start=True)
     >>> S = loss(x, y)            # or loss(a, x, b, y)
@@ -257,6 +293,9 @@ class SinkhornDivergence(torch.nn.Module):
         self.tol, self.max_iter, self.grad, self.warm_start = tol, max_iter, grad, bool(warm_start)
         self.check_every = check_every
         self._inits: Optional[tuple] = None
+        self._history: list = []  # the potentials of the last calls, newest first (at most 3)
+        self._fixed: list = [None, None]  # per side: (cloud, weights, versions, settings, debiasing Term)
+        self._omega: Optional[torch.Tensor] = None  # the over-relaxation OT(a, b) ended with
         #: the :class:`~otalign.OTResult` of each term of the last call (``OT(a, b)``, then the
         #: debiasing terms)
         self.results: list = []
@@ -268,19 +307,58 @@ class SinkhornDivergence(torch.nn.Module):
             a, x, b, y = args
         else:
             raise ValueError(f"SinkhornDivergence takes (x, y) or (a, x, b, y); got {len(args)} arguments")
+        reuse = (None, None)
+        if self.warm_start:
+            reuse = tuple(self._reusable(k, c, w, (x, y, a, b)) for k, (c, w) in enumerate(((x, a), (y, b))))
         value, results = _divergence(
             x, y, a, b, epsilon=self.epsilon, cost=self.cost, rho=self.rho, backend=self.backend,
             debias=self.debias, tol=self.tol, max_iter=self.max_iter, grad=self.grad, constraints=None,
-            inits=self._inits if self.warm_start else None, check_every=self.check_every,
+            inits=self._inits if self.warm_start else None, check_every=self.check_every, reuse=reuse,
+            omega=self._omega if self.warm_start else None,
         )
         self.results = results
         if self.warm_start:
-            self._inits = tuple(r.potentials for r in results) + (None,) * (3 - len(results))
+            if self.debias:
+                for k, (c, w) in enumerate(((x, a), (y, b))):
+                    key = self._fixed_key(c, w, (x, y, a, b))
+                    self._fixed[k] = None if key is None else (c, w, key, results[1 + k])
+            self._omega = getattr(results[0].result._trace, "omega", None)
+            latest = tuple(r.potentials for r in results) + (None,) * (3 - len(results))
+            self._history = [latest] + self._history[:2]
+            self._inits = tuple(_extrapolate([h[k] for h in self._history]) for k in range(3))
         return value
+
+    def _fixed_key(self, cloud: Any, weights: Any, inputs: tuple) -> Optional[tuple]:
+        """What identifies a debiasing term's inputs between calls: torch tensors that do not
+        require grad, with their in-place versions, the settings and the shapes and dtypes of all
+        the inputs (they set the output's shape and dtype); None when it cannot be known (NumPy
+        arrays, lists, tensors requiring grad)."""
+        if not (isinstance(cloud, torch.Tensor) and not cloud.requires_grad):
+            return None
+        if weights is not None and not (isinstance(weights, torch.Tensor) and not weights.requires_grad):
+            return None
+        settings = (self.epsilon, self.cost, repr(self.rho), self.backend, self.tol, self.max_iter, self.grad)
+        forms = tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else type(t) for t in inputs)
+        return (cloud._version, None if weights is None else weights._version, settings, forms)
+
+    def _reusable(self, side: int, cloud: Any, weights: Any, inputs: tuple) -> Optional[Term]:
+        """The previous call's debiasing term of this side when its inputs are the same objects,
+        unchanged (a fixed target: ``OT(b, b)`` is then the same number, with no gradient)."""
+        held = self._fixed[side]
+        if held is None or not self.debias or held[0] is not cloud or held[1] is not weights:
+            return None
+        key = self._fixed_key(cloud, weights, inputs)
+        if key is None or key != held[2]:
+            return None
+        old = held[3]
+        return Term(old.value, old.potentials, 0, old.converged)
 
     def reset(self) -> None:
         """Forget the warm start."""
         self._inits = None
+        self._history = []
+        self._fixed = [None, None]
+        self._omega = None
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon:g}, cost={self.cost!r}, rho={self.rho!r}, debias={self.debias}, "

@@ -115,6 +115,7 @@ def solve(
     center: bool = True,
     method: str = "auto",
     overrelax: Union[None, str, float] = "adaptive",
+    overrelax_start: Any = None,
     anneal: Optional[float] = None,
     translation: bool = True,
     warn: bool = True,
@@ -160,6 +161,11 @@ def solve(
             rate once the error falls geometrically, back to 1 and retried more damped when the
             error grows), a fixed ``omega`` in ``[1, 2)``, or None for plain sweeps (e.g. a fixed
             number of Sinkhorn iterations that a loss is defined by).
+        overrelax_start: with ``overrelax="adaptive"``: the ``omega`` to start from (a number or
+            a ``(B,)`` tensor in ``[1, 2)``; default 1), e.g. ``res.omega`` of the previous solve
+            of a similar problem, as a warm start of the over-relaxation (the rule otherwise
+            needs a few checks to measure a rate before it raises ``omega``); it is reset to 1
+            like an ``omega`` the rule set if the error grows.
         anneal: epsilon scaling: a factor in (0, 1); sweeps run at ``eps0, eps0 * anneal, ...``
             (``check_every`` sweeps each, ``eps0`` the largest cost range of the batch) down to
             ``epsilon``, where the ordinary stopping test runs. Counted in ``n_iters``.
@@ -203,6 +209,13 @@ def solve(
         overrelax = check_scalar("overrelax", overrelax, low=1.0, strict=False)
         if overrelax >= 2:
             raise ValueError(f"overrelax={overrelax!r}; expected None, 'adaptive' or a number in [1, 2)")
+    if overrelax_start is not None:
+        if overrelax != "adaptive":
+            raise ValueError(f"overrelax_start is given with overrelax={overrelax!r}; expected overrelax='adaptive'")
+        start = torch.as_tensor(overrelax_start).detach()
+        if start.dim() > 1 or not bool(torch.isfinite(start).all()) or bool(((start < 1) | (start >= 2)).any()):
+            raise ValueError(f"overrelax_start={overrelax_start!r}; expected a number or a (B,) tensor in [1, 2)")
+        overrelax_start = start
     if anneal is not None:
         anneal = check_scalar("anneal", anneal, low=0.0)
         if anneal >= 1:
@@ -220,6 +233,9 @@ def solve(
         return solve_exact(prepare(cost, constraints, epsilon=None, entropy=entropy), cost)
     prep = prepare(cost, constraints, epsilon=epsilon, entropy=entropy, reducer=reducer)
     epsilon = float(epsilon)
+    if overrelax_start is not None and overrelax_start.numel() not in (1, prep.problem.batch):
+        raise ValueError(f"overrelax_start has {overrelax_start.numel()} values for a batch of {prep.problem.batch}; "
+                         "expected one number or one per problem")
     if tol is None:
         tol = default_tol(prep.problem.dtype)
     grad_inputs = _grad_inputs(prep) if torch.is_grad_enabled() else []
@@ -236,6 +252,7 @@ def solve(
     acc = Acceleration(
         kernel=method == "auto",
         overrelax=overrelax,
+        omega_start=overrelax_start,
         anneal=None if anneal is None else (reducer.max_float(prep.geometry.extent()[1]), anneal),
         stage_iters=check_every,
         translation=translation,

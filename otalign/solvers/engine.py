@@ -59,6 +59,7 @@ class Trace:
     diverged: torch.Tensor  # (B,) non-finite values met (rolled back)
     gap: torch.Tensor  # (B,) duality gap (primal minus dual objective) at the last check
     stalled: torch.Tensor  # (B,) stopped early: no progress over the stall window (see iterate)
+    omega: Optional[torch.Tensor] = None  # (B,) over-relaxation at the end (None: plain sweeps)
 
 
 def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> torch.Tensor:
@@ -217,6 +218,9 @@ class Acceleration:
 
     * ``kernel``: use the stabilised kernel domain when it is safe (decided at every check).
     * ``overrelax``: None, a fixed ``omega`` in [1, 2), or ``"adaptive"`` (:class:`_Adaptive`).
+    * ``omega_start``: adaptive only: the starting ``omega`` (a number or ``(B,)``; default 1),
+      e.g. the final ``omega`` of the previous solve of a similar problem (a warm start); clamped
+      to ``[1, omega_max]``, and subject to the same safeguard as an ``omega`` the rule sets.
     * ``anneal``: epsilon scaling, ``(eps0, factor)``: ``stage_iters`` sweeps at each of ``eps0,
       eps0 * factor, ...`` while above the target epsilon (generated lazily, and never past
       ``max_iter``); the ordinary stopping test then runs at the target.
@@ -225,6 +229,7 @@ class Acceleration:
 
     kernel: bool = False
     overrelax: Optional[object] = None
+    omega_start: Optional[object] = None
     omega_max: float = 1.8
     anneal: Optional[tuple[float, float]] = None
     stage_iters: int = 10
@@ -294,8 +299,9 @@ def iterate(
     history: list[torch.Tensor] = []
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
-    adaptive = _Adaptive(B, error, check_every, acc.omega_max) if acc.overrelax == "adaptive" else None
-    omega = None if adaptive is not None else _omega(acc, B, error)
+    adaptive = (_Adaptive(B, error, check_every, acc.omega_max, acc.omega_start)
+                if acc.overrelax == "adaptive" else None)
+    omega = adaptive.omega if adaptive is not None else _omega(acc, B, error)
     kernel = acc.kernel and plan.kernel_capable
     fused = build_fused(plan, projectors, ids, pair is not None) if kernel else None
     safe = SAFE_DRIFT.get(dtype, 30.0)
@@ -386,6 +392,7 @@ def iterate(
         diverged=diverged,
         gap=gap,
         stalled=stalled,
+        omega=adaptive.final if adaptive is not None else omega,
     )
 
 
@@ -410,18 +417,31 @@ class _Adaptive:
     plainly (``omega == 1``).
     """
 
-    def __init__(self, B: int, like: torch.Tensor, check_every: int, omega_max: float) -> None:
+    def __init__(self, B: int, like: torch.Tensor, check_every: int, omega_max: float, start=None) -> None:
         self.small = B <= ADAPT_SCALAR_MAX
         self.like = dict(dtype=like.dtype, device=like.device)
         self.check_every, self.omega_max = check_every, omega_max
+        omega0 = torch.ones(B, **self.like)
+        if start is not None:  # a warm start: clamped to [1, omega_max]
+            start = torch.as_tensor(start, **self.like).reshape(-1)
+            omega0 = torch.clamp(start.expand(B).clone(), min=1.0, max=omega_max)
+        # a started omega > 1 counts as just set: the first check after it may show a transient bump
+        just0 = omega0 > 1
         if self.small:
-            self.state = [(1.0, 0.0, math.nan, False)] * B  # (omega, failures, ratio, just_set)
-            self.omega: Optional[torch.Tensor] = None
-            self._omegas = [1.0] * B  # the factors self.omega holds
+            omegas = omega0.tolist()
+            self.state = [(o, 0.0, math.nan, bool(j)) for o, j in zip(omegas, just0.tolist())]
+            self._omegas = omegas  # the factors self.omega holds
+            self.omega: Optional[torch.Tensor] = None if all(o == 1.0 for o in omegas) else omega0
         else:
-            self.state = (torch.ones(B, **self.like), torch.zeros(B, **self.like),
-                          torch.full((B,), math.nan, **self.like), torch.zeros(B, dtype=torch.bool, device=like.device))
+            self.state = (omega0, torch.zeros(B, **self.like), torch.full((B,), math.nan, **self.like), just0)
             self.omega = self.state[0]
+
+    @property
+    def final(self) -> torch.Tensor:
+        """``(B,)`` the factors of the last sweeps."""
+        if not self.small:
+            return self.state[0]
+        return torch.tensor(self._omegas, **self.like)
 
     def update(self, err: torch.Tensor, last: torch.Tensor) -> None:
         """One check: ``err`` the errors now, ``last`` at the previous check (NaN: stopped)."""

@@ -381,6 +381,14 @@ class OTResult:
     def stalled(self) -> torch.Tensor:
         return self._out(self._trace.stalled)
 
+    @property
+    def omega(self) -> Optional[torch.Tensor]:
+        """``(B,)`` over-relaxation ``omega`` of the last sweeps (None for plain sweeps): with
+        ``overrelax="adaptive"``, what the next solve of a similar problem can start from
+        (``overrelax_start``)."""
+        omega = getattr(self._trace, "omega", None)
+        return None if omega is None else self._host(omega.detach() if self._batched else omega.detach()[0])
+
     def __repr__(self) -> str:
         shape = (self._state.n, self._state.m)
         batch = f"B={self._state.batch}, " if self._batched else ""
