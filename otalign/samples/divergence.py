@@ -258,16 +258,19 @@ def sinkhorn_divergence(
 class SinkhornDivergence(torch.nn.Module):
     """:func:`sinkhorn_divergence` as a loss module: ``loss(x, y)`` or ``loss(a, x, b, y)``.
 
-    ``warm_start=True`` starts each call's three solves from the previous calls' potentials when
-    the shapes match (a gradient-descent loop moves the points a little per step, so the solves
-    take a fraction of the sweeps): from their linear extrapolation ``2 p_t - p_{t-1}`` where the
-    last calls moved smoothly (:func:`_extrapolate`), and ``OT(a, b)`` from the over-relaxation
-    its last solve ended with (``overrelax_start``). A debiasing term whose input is the same
-    tensor as at the last call, unchanged in place and not requiring grad (a fixed target), is
-    not solved again. The values are those of cold solves to ``tol``; only the sweeps differ.
-    The other arguments are those of :func:`sinkhorn_divergence`.
+    ``warm_start=True`` (default) starts each call's three solves from the previous calls'
+    potentials when the shapes match (a gradient-descent loop moves the points a little per step,
+    so the solves take a fraction of the sweeps): from their linear extrapolation
+    ``2 p_t - p_{t-1}`` where the last calls moved smoothly (:func:`_extrapolate`), and
+    ``OT(a, b)`` from the over-relaxation its last solve ended with (``overrelax_start``). A
+    debiasing term whose input is the same tensor as at the last call, unchanged in place and not
+    requiring grad (a fixed target), is not solved again. The values are those of cold solves to
+    ``tol``; only the sweeps differ. Unrelated calls of the same shape (minibatches) gain too: 30
+    unrelated pairs of 200-point clouds at ``epsilon=0.01`` took 17 s warm against 31 s cold
+    (float32, one thread). ``warm_start=False`` makes every call independent of the previous
+    ones. The other arguments are those of :func:`sinkhorn_divergence`.
 
-    >>> loss = ota.SinkhornDivergence(epsilon=0.01, warm_start=True)
+    >>> loss = ota.SinkhornDivergence(epsilon=0.01)
     >>> S = loss(x, y)            # or loss(a, x, b, y)
     """
 
@@ -282,7 +285,7 @@ class SinkhornDivergence(torch.nn.Module):
         tol: Optional[float] = None,
         max_iter: int = 2000,
         grad: str = "envelope",
-        warm_start: bool = False,
+        warm_start: bool = True,
         check_every: int = 10,
     ) -> None:
         super().__init__()
