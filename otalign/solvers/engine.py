@@ -42,7 +42,7 @@ import torch
 from .footprint import COL, ROW, SCALAR
 from .fused import build_fused
 from .plan import SAFE_DRIFT, LogPlan
-from .registry import Projector
+from .registry import Projector, translation_shift
 
 __all__ = ["Trace", "Acceleration", "iterate", "sweep", "measure_errors", "center_potentials"]
 
@@ -173,15 +173,7 @@ def translate(plan: LogPlan, projectors: list[Projector], pair: tuple[int, int],
     kr, kc = pair
     kind_a, log_a, rho_a = projectors[kr].translation(plan.duals[kr])
     log_a = plan.reducer.lse(log_a)  # a log of a sum over the rows
-    kind_b, log_b, rho_b = projectors[kc].translation(plan.duals[kc])
-    if kind_a == "exp" and kind_b == "exp":
-        t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
-    elif kind_a == "linear":
-        t = rho_b * (log_a - log_b)
-    else:
-        t = rho_a * (log_a - log_b)
-    keep = torch.isfinite(t) if active is None else torch.isfinite(t) & active
-    t = torch.where(keep, t, torch.zeros_like(t))
+    t = translation_shift((kind_a, log_a, rho_a), projectors[kc].translation(plan.duals[kc]), active)
     plan.translate(kr, kc, t)
 
 

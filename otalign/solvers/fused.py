@@ -30,7 +30,7 @@ from .footprint import COL, ROW, Groups
 from .plan import DenseLogPlan
 from .projectors.block import BlockMassProjector
 from .projectors.marginal import MarginalProjector
-from .registry import Projector
+from .registry import Projector, translation_shift
 
 __all__ = ["FusedPair", "FusedBlocks", "build_fused"]
 
@@ -77,23 +77,13 @@ class FusedPair:
         """The translation step (:func:`otalign.solvers.engine.translate`) on the scalings:
         ``(f + t, g - t)`` with the ``t`` that maximises the dual objective, i.e.
         ``du * exp(t / eps)``, ``dv * exp(-t / eps)`` on the live rows and columns."""
-        sides = []
-        for proj, d, P0 in ((self.pr, du, F0), (self.pc, dv, G0)):
-            log_w = proj.log_weights[0] if self.single else proj.log_weights
-            if proj.kind == "hard":  # <w, f + t>: linear in t
-                sides.append(("linear", torch.logsumexp(log_w, -1).expand(d.shape[:-1]), 0.0))
-            else:  # rho <w, 1 - exp(-(f + t) / rho)>, f = F0 + eps log d
-                f = P0 + eps * torch.log(d)
-                sides.append(("exp", torch.logsumexp(log_w - f / proj.rho, -1), proj.rho))
-        (kind_a, log_a, rho_a), (kind_b, log_b, rho_b) = sides
-        if kind_a == "exp" and kind_b == "exp":
-            t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
-        elif kind_a == "linear":
-            t = rho_b * (log_a - log_b)
+        if self.single:  # the projectors' models take (B, n) duals
+            f, g = (F0 + eps * torch.log(du))[None], (G0 + eps * torch.log(dv))[None]
         else:
-            t = rho_a * (log_a - log_b)
-        ok = torch.isfinite(t) if keep is None else torch.isfinite(t) & keep[..., 0]
-        t = torch.where(ok, t, torch.zeros_like(t))[..., None] / eps
+            f, g = F0 + eps * torch.log(du), G0 + eps * torch.log(dv)
+        active = None if keep is None else keep[..., 0].reshape(-1)
+        t = translation_shift(self.pr.translation(f), self.pc.translation(g), active) / eps
+        t = t[0] if self.single else t[:, None]
         one = torch.ones((), dtype=du.dtype, device=du.device)
         return du * torch.where(live_r, torch.exp(t), one), dv * torch.where(live_c, torch.exp(-t), one)
 

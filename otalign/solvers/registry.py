@@ -170,3 +170,18 @@ def kl_step(dual: torch.Tensor, log_target: torch.Tensor, log_marginal: torch.Te
     """
     step = torch.add(dual, log_target - log_marginal, alpha=eps)
     return torch.where(log_marginal > -math.inf, step, dual)
+
+
+def translation_shift(row_model: tuple, col_model: tuple, active: Optional[torch.Tensor]) -> torch.Tensor:
+    """``(B,)`` the shift ``t`` of the translation step (:func:`otalign.solvers.engine.translate`)
+    from the row and column sides' ``translation`` models (:meth:`MarginalProjector.translation`)
+    (0 where it is not finite or the problem is not ``active``)."""
+    (kind_a, log_a, rho_a), (kind_b, log_b, rho_b) = row_model, col_model
+    if kind_a == "exp" and kind_b == "exp":
+        t = (log_a - log_b) / (1.0 / rho_a + 1.0 / rho_b)
+    elif kind_a == "linear":
+        t = rho_b * (log_a - log_b)
+    else:
+        t = rho_a * (log_a - log_b)
+    keep = torch.isfinite(t) if active is None else torch.isfinite(t) & active
+    return torch.where(keep, t, torch.zeros_like(t))
