@@ -40,14 +40,13 @@ def build_fused(plan, projectors: list[Projector], ids: list[int], translation: 
     return FusedPair.build(plan, projectors, ids, translation) or FusedBlocks.build(plan, projectors, ids, translation)
 
 
-def _dead_lines(owner, plan: DenseLogPlan, K: torch.Tensor) -> bool:
-    """Whether some row or column of ``Ktil`` is zero (checked once per absorption, cached on
-    ``owner``)."""
-    key = plan._F0
-    if getattr(owner, "_dead_key", None) is not key:
-        owner._dead_key = key
-        owner._dead_value = bool((K.amax(-1) == 0).any()) or bool((K.amax(-2) == 0).any())
-    return owner._dead_value
+def _dead_lines(plan: DenseLogPlan) -> bool:
+    """Whether some row or column of ``Ktil`` is zero by construction: rows and columns forced to
+    zero (padding, zero weights: ``-inf`` reference weights), where ``Ktil d`` is 0 and the
+    scaling must be kept. (A line that is zero otherwise, every entry forbidden or flushed to zero
+    at absorption, makes the update infinite; the engine's safety net then redoes the interval in
+    the log domain, as for any non-finite value in the kernel domain.)"""
+    return not bool(torch.isfinite(plan.log_ra).all()) or not bool(torch.isfinite(plan.log_rb).all())
 
 
 def _marginal_ok(p: Projector) -> bool:
@@ -72,6 +71,7 @@ class FusedPair:
         self.translate = False  # set by build when the translation step ends every sweep
         self.live_r = torch.isfinite(plan.log_ra)  # padding keeps its duals under the translation
         self.live_c = torch.isfinite(plan.log_rb)
+        self.dead = _dead_lines(plan)
 
     def _translated(self, du, dv, F0, G0, eps, keep, live_r, live_c):
         """The translation step (:func:`otalign.solvers.engine.translate`) on the scalings:
@@ -136,7 +136,7 @@ class FusedPair:
             omega = None
         w = None if omega is None else omega[:, None]
         keep = None if active is None else active[:, None]
-        dead = _dead_lines(self, plan, K)
+        dead = self.dead
         F0t, G0t, live_r, live_c = F0, G0, self.live_r, self.live_c
         if self.single:  # (n,) vectors: one matrix-vector product, no batch dimension
             K2, KT = K[0], K[0].t()
@@ -241,6 +241,7 @@ class FusedBlocks:
         R, S = j.n_row, j.n_col
         self.row_take = j.row_codes.expand(B, n)[:, None, :]  # (B, 1, n): gather index of r(i)
         self.col_take = j.col_index(B, m, R)  # (B, R, m): index of c(j) along the S axis
+        self.dead = _dead_lines(plan)
         self.row_onehot_t = j.row_onehot.transpose(1, 2)  # (B', R, n); broadcast in a product
         self.col_onehot = j.col_onehot.expand(B, -1, -1).contiguous()  # (B, m, S), for bmm
 
@@ -380,7 +381,7 @@ class FusedBlocks:
         om3 = None if omega is None else omega[:, None, None]
         keep = None if active is None else active[:, None]
         keep3 = None if active is None else active[:, None, None]
-        dead = _dead_lines(self, plan, K)
+        dead = self.dead
         if self.sorted and plan._kp is not None:
             (du, dv, w, T), prev = self._sorted_sweeps(plan._kp, count, du, dv, w, c_r, c_c, om, om3, keep, keep3, dead)
         else:
