@@ -108,8 +108,8 @@ def test_small_batch_adaptive_rule_equals_the_tensor_rule(rows, check_every):
     just_set = torch.tensor(cols[3])
     err, last = torch.tensor(cols[4], dtype=F64), torch.tensor(cols[5], dtype=F64)
     tensor = engine._adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every, 1.8)
-    floats = [engine._adapt_one(*row[:4], e, l, check_every, 1.8)
-              for row, e, l in zip(zip(*(t.tolist() for t in (omega, failures, ratio, just_set))),
+    floats = [engine._adapt_one(*row[:4], now, before, check_every, 1.8)
+              for row, now, before in zip(zip(*(t.tolist() for t in (omega, failures, ratio, just_set))),
                                    err.tolist(), last.tolist())]
     for k, t in enumerate(tensor):
         small = torch.tensor([row[k] for row in floats], dtype=t.dtype)

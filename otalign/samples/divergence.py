@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from .. import constraints as C
@@ -127,7 +126,6 @@ def _divergence(x, y, a, b, *, epsilon, cost, rho, backend, debias, tol, max_ite
     dtype = torch.promote_types(cx.points.dtype, cy.points.dtype)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     tol = default_tol(compute) if tol is None else tol
-    run = dict(epsilon=eps, tol=tol, max_iter=max_iter, grad=grad, check_every=check_every)
 
     def cloud(c: Clouds, raw):
         return raw if c.ragged else c.points

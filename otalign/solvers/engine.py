@@ -441,8 +441,8 @@ class _Adaptive:
             self.state = _adapt_omega_tensor(*self.state, err, last, self.check_every, self.omega_max)
             self.omega = self.state[0]
             return
-        self.state = [_adapt_one(*row, e, l, self.check_every, self.omega_max)
-                      for row, e, l in zip(self.state, err.tolist(), last.tolist())]
+        self.state = [_adapt_one(*row, now, before, self.check_every, self.omega_max)
+                      for row, now, before in zip(self.state, err.tolist(), last.tolist())]
         omegas = [row[0] for row in self.state]
         if omegas != self._omegas:  # a new tensor only when a factor changed
             self._omegas = omegas

@@ -37,7 +37,8 @@ __all__ = ["FusedPair", "FusedBlocks", "build_fused"]
 
 def build_fused(plan, projectors: list[Projector], ids: list[int], translation: bool):
     """The fused sweeps that apply to this problem (:class:`FusedPair`, :class:`FusedBlocks`) or None."""
-    return FusedPair.build(plan, projectors, ids, translation) or FusedBlocks.build(plan, projectors, ids, translation)
+    return (FusedPair.build(plan, projectors, ids, translation)
+            or FusedBlocks.build(plan, projectors, ids, translation))
 
 
 def _dead_lines(plan: DenseLogPlan) -> bool:
@@ -110,7 +111,6 @@ class FusedPair:
         # the engine ends every sweep with the translation step where it applies (not both hard)
         out.translate = translation and "KL" in (pr.kind, pc.kind)
         return out
-
 
     def sweeps(
         self,
@@ -238,7 +238,7 @@ class FusedBlocks:
         self.real = real.to(dtype)
         self.fp = fp
         B, n, m = plan.batch, plan.n, plan.m
-        R, S = j.n_row, j.n_col
+        R = j.n_row
         self.row_take = j.row_codes.expand(B, n)[:, None, :]  # (B, 1, n): gather index of r(i)
         self.col_take = j.col_index(B, m, R)  # (B, R, m): index of c(j) along the S axis
         self.dead = _dead_lines(plan)
