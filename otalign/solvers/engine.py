@@ -44,7 +44,7 @@ from .fused import build_fused
 from .plan import SAFE_DRIFT, LogPlan
 from .registry import Projector, translation_shift
 
-__all__ = ["Trace", "Acceleration", "iterate", "sweep", "measure_errors", "center_potentials"]
+__all__ = ["Trace", "Acceleration", "iterate", "sweep", "measure_errors", "measure_gap", "center_potentials"]
 
 
 @dataclass
@@ -72,20 +72,16 @@ def certified_distance(gap: torch.Tensor, mass: torch.Tensor, eps: float) -> tor
     return g / 3 + torch.sqrt(g * g / 9 + 2 * mass * g)
 
 
-def measure_errors(plan: LogPlan, projectors: list[Projector],
-                   with_gap: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(B,)`` stopping error and ``(B,)`` duality gap of the current iterate (module docstring).
-
-    The gap is the whole primal-minus-dual gap (hard equalities contribute their signed
-    ``<dual, marginal - target>``). The error is the largest of the hard violations, the
-    complementarity residuals of the first-order constraints and the distance to the optimal plan
-    certified by the smooth part of the gap (:meth:`Projector.certificate`). ``with_gap=False``
-    returns None for the gap (:func:`measure_gap` computes it when a problem stops).
+def measure_errors(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
+    """``(B,)`` stopping error of the current iterate (module docstring): the largest of the hard
+    violations, the complementarity residuals of the first-order constraints and the distance to
+    the optimal plan certified by the smooth part of the duality gap
+    (:meth:`Projector.certificate`). The whole gap is :func:`measure_gap` (read at a problem's
+    last check only).
     """
     B = plan.batch
     dtype, device = plan.log_ra.dtype, plan.log_ra.device
     err = torch.zeros(B, dtype=dtype, device=device)
-    gap = torch.zeros(B, dtype=dtype, device=device)
     smooth = torch.zeros(B, dtype=dtype, device=device)
     certify = False
     for k, proj in enumerate(projectors):
@@ -96,8 +92,6 @@ def measure_errors(plan: LogPlan, projectors: list[Projector],
         total = plan.reducer.sum if proj.footprint is ROW else _same
         if proj.hard:
             err = torch.maximum(err, total(proj.violation(log_mu)))
-        if with_gap:
-            gap = gap + total(proj.gap(plan.duals[k], log_mu))
         if proj.needs_certificate:
             part, residual = (total(t) for t in proj.certificate(plan.duals[k], log_mu))
             smooth = smooth + torch.clamp(part, min=0.0)  # negative: rounding
@@ -106,11 +100,13 @@ def measure_errors(plan: LogPlan, projectors: list[Projector],
     if certify:
         mass = torch.exp(plan.log_marginal(SCALAR))
         err = torch.maximum(err, certified_distance(smooth, mass, plan.eps))
-    return err, gap if with_gap else None
+    return err
 
 
 def measure_gap(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
-    """``(B,)`` duality gap of the current iterate (the sum of the constraints' shares)."""
+    """``(B,)`` duality gap of the current iterate: the primal objective of the current plan minus
+    the dual objective of the current duals, the sum of the constraints' shares (hard equalities
+    contribute their signed ``<dual, marginal - target>``)."""
     gap = torch.zeros(plan.batch, dtype=plan.log_ra.dtype, device=plan.log_ra.device)
     for k, proj in enumerate(projectors):
         if proj.footprint is not None:
@@ -335,7 +331,7 @@ def iterate(
                 plan.absorb_if_safe_at_start(safe)
             elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), active)) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
-            err, _ = measure_errors(plan, projectors, with_gap=False)
+            err = measure_errors(plan, projectors)
             err = torch.where(finite, err, torch.full_like(err, math.nan))
             if adaptive is not None and history:
                 # omega is piecewise constant in the data: no gradient flows through it (unroll)

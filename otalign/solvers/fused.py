@@ -54,25 +54,47 @@ def _marginal_ok(p: Projector) -> bool:
     return type(p) is MarginalProjector and p.relation == "==" and p.kind in ("hard", "KL")
 
 
-class FusedPair:
+class _FusedMarginals:
+    """What the fused sweeps share: the row and column targets ``a``, ``b`` and KL factors
+    ``tau`` (1 for a hard marginal), whether ``Ktil`` has zero lines, and the scalings at the
+    start of an interval."""
+
+    def __init__(self, plan: DenseLogPlan, pr: MarginalProjector, pc: MarginalProjector) -> None:
+        dtype = plan.log_ra.dtype
+        self.a = torch.exp(pr.log_weights).to(dtype)  # (B or 1, n) targets
+        self.b = torch.exp(pc.log_weights).to(dtype)
+        self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
+        self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
+        self.dead = _dead_lines(plan)
+
+    def _start(self, plan: DenseLogPlan, omega: Optional[torch.Tensor]):
+        """``(du, dv, c_r, c_c, omega)`` at the start of an interval: the scalings, the KL offsets
+        ``-(1 - tau) F0 / eps`` (None for a hard side: in logs, as the factor alone can overflow
+        when tau is far from 1) and ``omega`` (None when every factor is 1)."""
+        eps, F0, G0 = plan.eps, plan._F0, plan._G0
+        du = torch.exp((plan.F - F0) / eps)
+        dv = torch.exp((plan.G - G0) / eps)
+        c_r = None if self.tau_r == 1.0 else F0 * (-(1.0 - self.tau_r) / eps)
+        c_c = None if self.tau_c == 1.0 else G0 * (-(1.0 - self.tau_c) / eps)
+        if omega is not None and bool((omega == 1.0).all()):
+            omega = None
+        return du, dv, c_r, c_c, omega
+
+
+class FusedPair(_FusedMarginals):
     """Sweeps in scalings for a :class:`DenseLogPlan` whose duals are exactly one row and one
     column marginal (equalities, hard or KL), updated in that order, each sweep ended by the
     translation step when the engine runs one (``(f + t, g - t)``: ``du e^{t/eps}``,
     ``dv e^{-t/eps}``). Build with :meth:`build`, which returns None when the problem is not of this form."""
 
     def __init__(self, plan: DenseLogPlan, kr: int, kc: int, pr: MarginalProjector, pc: MarginalProjector) -> None:
+        super().__init__(plan, pr, pc)
         self.kr, self.kc = kr, kc
-        dtype = plan.log_ra.dtype
-        self.a = torch.exp(pr.log_weights).to(dtype)  # (B or 1, n) targets
-        self.b = torch.exp(pc.log_weights).to(dtype)
-        self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
-        self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
         self.single = plan.batch == 1
         self.pr, self.pc = pr, pc
         self.translate = False  # set by build when the translation step ends every sweep
         self.live_r = torch.isfinite(plan.log_ra)  # padding keeps its duals under the translation
         self.live_c = torch.isfinite(plan.log_rb)
-        self.dead = _dead_lines(plan)
 
     def _translated(self, du, dv, F0, G0, eps, keep, live_r, live_c):
         """The translation step (:func:`otalign.solvers.engine.translate`) on the scalings:
@@ -126,14 +148,7 @@ class FusedPair:
         eps = plan.eps
         K = plan._buf
         F0, G0 = plan._F0, plan._G0
-        du = torch.exp((plan.F - F0) / eps)
-        dv = torch.exp((plan.G - G0) / eps)
-        # KL: log du* = tau log(a / Ktil dv) - (1 - tau) F0 / eps (in logs: the factor alone can
-        # overflow when tau is far from 1)
-        c_r = None if self.tau_r == 1.0 else F0 * (-(1.0 - self.tau_r) / eps)
-        c_c = None if self.tau_c == 1.0 else G0 * (-(1.0 - self.tau_c) / eps)
-        if omega is not None and bool((omega == 1.0).all()):
-            omega = None
+        du, dv, c_r, c_c, omega = self._start(plan, omega)
         w = None if omega is None else omega[:, None]
         keep = None if active is None else active[:, None]
         dead = self.dead
@@ -203,7 +218,7 @@ def _step(d, Kd, target, tau, c, w, keep, dead):
     return new if keep is None else torch.where(keep, new, d)
 
 
-class FusedBlocks:
+class FusedBlocks(_FusedMarginals):
     """Sweeps in scalings for a row marginal, a column marginal (equalities, hard or KL, no
     translation step) and one ``BlockMass`` equality, updated in that order.
 
@@ -220,13 +235,10 @@ class FusedBlocks:
     """
 
     def __init__(self, plan: DenseLogPlan, ids: list[int], pr, pc, pb: BlockMassProjector) -> None:
+        super().__init__(plan, pr, pc)
         self.kr, self.kc, self.kb = ids
         j = plan._joint
         dtype = plan.log_ra.dtype
-        self.a = torch.exp(pr.log_weights).to(dtype)
-        self.b = torch.exp(pc.log_weights).to(dtype)
-        self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
-        self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
         fp = pb.footprint
         Gr, Gc = fp.n_row_groups, fp.n_col_groups
         rows, cols = j.row_of[0], j.col_of[0]  # (R,), (S,): footprint group of each joint group
@@ -241,7 +253,6 @@ class FusedBlocks:
         R = j.n_row
         self.row_take = j.row_codes.expand(B, n)[:, None, :]  # (B, 1, n): gather index of r(i)
         self.col_take = j.col_index(B, m, R)  # (B, R, m): index of c(j) along the S axis
-        self.dead = _dead_lines(plan)
         self.row_onehot_t = j.row_onehot.transpose(1, 2)  # (B', R, n); broadcast in a product
         self.col_onehot = j.col_onehot.expand(B, -1, -1).contiguous()  # (B, m, S), for bmm
 
@@ -370,13 +381,8 @@ class FusedBlocks:
         eps = plan.eps
         K = plan._buf
         F0, G0, E0 = plan._F0, plan._G0, plan._E0
-        du = torch.exp((plan.F - F0) / eps)
-        dv = torch.exp((plan.G - G0) / eps)
+        du, dv, c_r, c_c, omega = self._start(plan, omega)
         w = torch.exp(plan._log_w())
-        c_r = None if self.tau_r == 1.0 else F0 * (-(1.0 - self.tau_r) / eps)
-        c_c = None if self.tau_c == 1.0 else G0 * (-(1.0 - self.tau_c) / eps)
-        if omega is not None and bool((omega == 1.0).all()):
-            omega = None
         om = None if omega is None else omega[:, None]
         om3 = None if omega is None else omega[:, None, None]
         keep = None if active is None else active[:, None]
