@@ -67,6 +67,10 @@ def _check_weights(w: Optional[torch.Tensor], name: str) -> Optional[torch.Tenso
     if w.shape[-1] == 0:
         raise ValueError(f"{name} has shape {tuple(w.shape)}; expected at least one entry")
     d = w.detach()
+    if d.is_floating_point() and d.numel():  # the common case in one reduction (NaN: both bounds NaN)
+        lo, hi = (float(t) for t in torch.aminmax(d))
+        if lo >= 0 and hi < math.inf:
+            return w
     bad = ~torch.isfinite(d)
     if bad.any():
         raise ValueError(f"{name} has {int(bad.sum())} non-finite entries; expected finite weights")

@@ -57,7 +57,8 @@ class Dense(Geometry):
         self.cost = (cost if cost.dim() == 3 else cost[None]).to(self.dtype)
         self.batch, self.n, self.m = self.cost.shape
         self._magnitude = max(abs(low), abs(high))
-        self._spread: float | None = None
+        # the largest range of one problem's costs (one problem: known from the extremes)
+        self._spread: float | None = high - low if self.batch == 1 else None
 
     def cost_tile(self, rows: slice, cols: slice) -> torch.Tensor:
         return self.cost[:, rows, cols]

@@ -79,11 +79,12 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
     (:meth:`Projector.certificate`). The whole gap is :func:`measure_gap` (read at a problem's
     last check only).
     """
-    B = plan.batch
-    dtype, device = plan.log_ra.dtype, plan.log_ra.device
-    err = torch.zeros(B, dtype=dtype, device=device)
-    smooth = torch.zeros(B, dtype=dtype, device=device)
-    certify = False
+    err: Optional[torch.Tensor] = None
+    smooth: Optional[torch.Tensor] = None
+
+    def worst(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:
+        return b if a is None else torch.maximum(a, b)
+
     for k, proj in enumerate(projectors):
         if proj.footprint is None:
             continue
@@ -91,16 +92,18 @@ def measure_errors(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
         # a row constraint's terms are sums over the rows: add up the ranks' parts (row sharding)
         total = plan.reducer.sum if proj.footprint is ROW else _same
         if proj.hard:
-            err = torch.maximum(err, total(proj.violation(log_mu)))
+            err = worst(err, total(proj.violation(log_mu)))
         if proj.needs_certificate:
             part, residual = (total(t) for t in proj.certificate(plan.duals[k], log_mu))
-            smooth = smooth + torch.clamp(part, min=0.0)  # negative: rounding
-            err = torch.maximum(err, residual)
-            certify = True
-    if certify:
+            part = torch.clamp(part, min=0.0)  # negative: rounding
+            smooth = part if smooth is None else smooth + part
+            err = worst(err, residual)
+    if smooth is not None:
         mass = torch.exp(plan.log_marginal(SCALAR))
-        err = torch.maximum(err, certified_distance(smooth, mass, plan.eps))
-    return err
+        err = worst(err, certified_distance(smooth, mass, plan.eps))
+    if err is None:
+        return torch.zeros(plan.batch, dtype=plan.log_ra.dtype, device=plan.log_ra.device)
+    return err if err.shape == (plan.batch,) else err.expand(plan.batch)
 
 
 def measure_gap(plan: LogPlan, projectors: list[Projector]) -> torch.Tensor:
@@ -119,11 +122,21 @@ def _same(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _finite(plan: LogPlan, ids: list[int]) -> torch.Tensor:
+def _finite(plan: LogPlan, ids: list[int]) -> Optional[torch.Tensor]:
+    """``(B,)`` whether every dual of each problem is finite, or None when all are (the common
+    case, read from one sum: a sum of finite values is finite unless it overflows, and one NaN or
+    infinity makes it non-finite; when it is not, the per-problem flags are computed)."""
+    if not plan.reducer.sharded and ids:  # (a sharded solve's ranks must take the same branch)
+        total = plan.duals[ids[0]].detach().sum()
+        for k in ids[1:]:
+            total = total + plan.duals[k].detach().sum()
+        if math.isfinite(float(total)):
+            return None
     ok = torch.ones(plan.batch, dtype=torch.bool, device=plan.log_ra.device)
     for k in ids:
         ok = ok & torch.isfinite(plan.duals[k]).reshape(plan.batch, -1).all(-1)
-    return plan.reducer.all(ok)
+    ok = plan.reducer.all(ok)
+    return None if bool(ok.all()) else ok
 
 
 def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -142,17 +155,17 @@ def translation_pair(projectors: list[Projector], duals: list[Optional[torch.Ten
     """
     from .footprint import COL as _COL, ROW as _ROW
 
-    def first(fp):
+    def first(fp):  # (index, model) of the first projector on this footprint that has a model
         for k, p in enumerate(projectors):
             model = getattr(p, "translation", None)
-            if p.footprint is fp and model is not None and model(duals[k]) is not None:
-                return k
-        return None
+            if p.footprint is fp and model is not None:
+                out = model(duals[k])
+                if out is not None:
+                    return k, out
+        return None, None
 
-    kr, kc = first(_ROW), first(_COL)
-    if kr is None or kc is None:
-        return None
-    if projectors[kr].translation(duals[kr])[0] == "linear" == projectors[kc].translation(duals[kc])[0]:
+    (kr, model_r), (kc, model_c) = first(_ROW), first(_COL)
+    if kr is None or kc is None or model_r[0] == "linear" == model_c[0]:
         return None
     return kr, kc
 
@@ -277,7 +290,7 @@ def iterate(
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
     pair = translation_pair(projectors, plan.duals) if acc.translation else None
     active = torch.ones(B, dtype=torch.bool, device=device)
-    all_active = True
+    all_active, n_active = True, B
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     diverged = torch.zeros(B, dtype=torch.bool, device=device)
     stalled = torch.zeros(B, dtype=torch.bool, device=device)
@@ -285,6 +298,7 @@ def iterate(
     error = torch.full((B,), math.inf, dtype=dtype, device=device)
     gap = torch.full((B,), math.nan, dtype=dtype, device=device)
     history: list[torch.Tensor] = []
+    last_host: Optional[list[float]] = None  # history[-1] on the host (small batches, when known)
     check_iters: list[int] = []
     previous: list[Optional[torch.Tensor]] = [None] * len(projectors)  # duals at the last check
     adaptive = (_Adaptive(B, error, check_every, acc.omega_max, acc.omega_start)
@@ -308,12 +322,15 @@ def iterate(
             it += 1
     if annealed:
         plan.set_epsilon(target_eps)
-    before_last = (plan.F, plan.G)  # potentials before the last sweep (duals are replaced, not mutated)
+    moved = _movement(plan)  # how far the last sweep moved the potentials (read at checks)
 
     while True:
         if (it % check_every == 0 or it == max_iter) and (not check_iters or it != check_iters[-1]):
-            finite = _finite(plan, ids)
-            if not bool(finite.all()):
+            # the common case (every problem active, every dual finite, none stopping) takes no
+            # per-problem masking: small problems are dominated by these checks
+            live = None if all_active else active
+            finite = _finite(plan, ids)  # None: every dual is finite
+            if finite is not None:
                 if plan.mode == "kernel":  # not a divergence: redo the interval in the log domain
                     for k in ids:
                         plan.set_dual(k, previous[k])
@@ -329,43 +346,61 @@ def iterate(
                 # no movement measured yet: enter the kernel domain now if nothing significant
                 # underflows, so that even this first check reads the marginals by mat-vec products
                 plan.absorb_if_safe_at_start(safe)
-            elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), active)) > safe:
+            elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), live)) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
             err = measure_errors(plan, projectors)
-            err = torch.where(finite, err, torch.full_like(err, math.nan))
+            failed = None
+            if finite is not None:  # NaN error (never <= tol) where a dual is not finite
+                err = torch.where(finite, err, torch.full_like(err, math.nan))
+                failed = active & ~finite
+            # small batches read the errors on the host once (the adaptive rule and, in the common
+            # case, the stopping test use them there)
+            host = err.detach().tolist() if B <= ADAPT_SCALAR_MAX else None
             if adaptive is not None and history:
                 # omega is piecewise constant in the data: no gradient flows through it (unroll)
-                adaptive.update(err.detach(), history[-1].detach())
+                adaptive.update(err.detach() if host is None else host,
+                                history[-1].detach() if last_host is None else last_host)
                 omega = adaptive.omega
-            history.append(torch.where(active, err, torch.full_like(err, math.nan)))
+            history.append(err if live is None else torch.where(live, err, torch.full_like(err, math.nan)))
+            last_host = host if live is None else None  # the errors just recorded, on the host
             check_iters.append(it)
-            ok = active & finite & (err <= tol)
-            if tol == 0 and it < max_iter:  # tol = 0: exactly max_iter sweeps (POT's stopThr=0)
-                ok = torch.zeros_like(ok)
-            stop = ok | (active & ~finite)
-            if it >= max_iter:  # the last check: say whether more sweeps would have helped
-                stalled = active & finite & ~ok & _stalled(history[:-1], err, check_every)
-            if bool(stop.any()) or it >= max_iter:  # the gap is reported at a problem's last check
-                gap = torch.where(active, measure_gap(plan, projectors), gap)
-            converged = converged | ok
-            diverged = diverged | (active & ~finite)
-            n_iters = torch.where(stop, torch.full_like(n_iters, it), n_iters)
-            error = torch.where(active, err, error)
-            active = active & ~stop
+            stopping = None
+            if host is not None and live is None and failed is None and it < max_iter:
+                stopping = tol > 0 and any(e <= tol for e in host)  # tol = 0: see below
+            if stopping is not False:
+                ok = err <= tol if live is None else live & (err <= tol)
+                if tol == 0 and it < max_iter:  # tol = 0: exactly max_iter sweeps (POT's stopThr=0)
+                    ok = torch.zeros_like(ok)
+                stop = ok if failed is None else ok | failed
+                if it >= max_iter:  # the last check: say whether more sweeps would have helped
+                    stalled = active & ~ok & _stalled(history[:-1], err, check_every)
+                    if finite is not None:
+                        stalled = stalled & finite
+                stopping = bool(stop.any())
+            if stopping or it >= max_iter:  # the gap is reported at a problem's last check
+                now = measure_gap(plan, projectors)
+                gap = now if live is None else torch.where(live, now, gap)
+            error = err if live is None else torch.where(live, err, error)
+            if failed is not None:
+                diverged = diverged | failed
+            if stopping:
+                converged = converged | ok
+                n_iters = torch.where(stop, torch.full_like(n_iters, it), n_iters)
+                active = active & ~stop
+                n_active = int(active.sum())
             previous = list(plan.duals)  # duals are replaced, never modified in place
-            n_active = int(active.sum())
             if it >= max_iter or n_active == 0:
                 break
             all_active = n_active == B
             if kernel and len(check_iters) > 1:  # the last sweep's movement decides
-                _choose_domain(plan, before_last, active, safe, check_every)
+                _choose_domain(plan, moved(), None if all_active else active, safe, check_every)
         if fused is not None and plan.mode == "kernel":
             # every sweep up to the next check in scalings (fused.py); the same updates
             count = min((it // check_every + 1) * check_every, max_iter) - it
-            before_last = fused.sweeps(plan, count, None if all_active else active, omega)
+            moved = fused.sweeps(plan, count, None if all_active else active, omega)
             it += count
             continue
-        before_last = (plan.F, plan.G)
+        moved = _movement(plan)
         sweep(plan, projectors, ids, None if all_active else active, omega, pair)
         it += 1
 
@@ -431,14 +466,17 @@ class _Adaptive:
             return self.state[0]
         return torch.tensor(self._omegas, **self.like)
 
-    def update(self, err: torch.Tensor, last: torch.Tensor) -> None:
-        """One check: ``err`` the errors now, ``last`` at the previous check (NaN: stopped)."""
+    def update(self, err, last) -> None:
+        """One check: ``err`` the errors now, ``last`` at the previous check (NaN: stopped);
+        ``(B,)`` tensors, or lists of floats for a small batch."""
         if not self.small:
             self.state = _adapt_omega_tensor(*self.state, err, last, self.check_every, self.omega_max)
             self.omega = self.state[0]
             return
+        err = err if isinstance(err, list) else err.tolist()
+        last = last if isinstance(last, list) else last.tolist()
         self.state = [_adapt_one(*row, now, before, self.check_every, self.omega_max)
-                      for row, now, before in zip(self.state, err.tolist(), last.tolist())]
+                      for row, now, before in zip(self.state, err, last)]
         omegas = [row[0] for row in self.state]
         if omegas != self._omegas:  # a new tensor only when a factor changed
             self._omegas = omegas
@@ -489,18 +527,28 @@ def _adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every
     return omega, failures, torch.where(plain, new_ratio, ratio), stable
 
 
-def _largest(values: torch.Tensor, active: torch.Tensor) -> float:
+def _largest(values: torch.Tensor, active: Optional[torch.Tensor]) -> float:
+    """The largest value over the active problems (``active`` None: all)."""
+    if active is None:
+        return float(values.amax())
     return float(torch.where(active, values, torch.zeros_like(values)).amax())
 
 
-def _choose_domain(plan: LogPlan, before_last, active: torch.Tensor, safe: float, check_every: int) -> None:
+def _movement(plan: LogPlan):
+    """A function giving ``(B,)``: how far the potentials will have moved from now to when it is
+    called, in units of epsilon (the largest ``|F - F_now| / eps``, ``|G - G_now| / eps``); taken
+    before the last sweep of an interval (duals are replaced, never mutated in place)."""
+    F0, G0 = plan.F, plan.G
+    return lambda: torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
+
+
+def _choose_domain(plan: LogPlan, step: torch.Tensor, active: Optional[torch.Tensor], safe: float,
+                   check_every: int) -> None:
     """Pick the domain of the next interval. The kernel domain unless ``check_every`` sweeps
-    moving as much as the last one could drift the scalings past ``2 * safe`` log units (where
-    the products could overflow); within ``safe`` the kernel is exact, beyond it only entries that
-    were negligible at absorption are misrepresented, and the next check re-absorbs before it
-    measures the error."""
-    F0, G0 = before_last
-    step = torch.maximum((plan.F - F0).abs().amax(-1), (plan.G - G0).abs().amax(-1)) / plan.eps
+    moving as much as the last one (``step``, ``(B,)`` from :func:`_movement`) could drift the
+    scalings past ``2 * safe`` log units (where the products could overflow); within ``safe``
+    the kernel is exact, beyond it only entries that were negligible at absorption are
+    misrepresented, and the next check re-absorbs before it measures the error."""
     projected = check_every * plan.reducer.max_float(_largest(step, active))
     if not math.isfinite(projected) or projected > 2 * safe:
         plan.leave_kernel()
@@ -521,13 +569,14 @@ def center_potentials(plan: LogPlan, projectors: list[Projector]) -> None:
         return
     if not (pr.is_hard_equality and pc.is_hard_equality):
         return
-    # zero weights are padding: mask them so that they receive no gradient through the centring
-    a = torch.where(pr.weights > 0, pr.weights, torch.zeros_like(pr.weights))
-    b = torch.where(pc.weights > 0, pc.weights, torch.zeros_like(pc.weights))
+    a, b = pr.weights, pc.weights
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        # zero weights are padding: mask them so that they receive no gradient through the centring
+        a = torch.where(a > 0, a, torch.zeros_like(a))
+        b = torch.where(b > 0, b, torch.zeros_like(b))
     f, g = plan.duals[kr], plan.duals[kc]
     total = plan.reducer.sum(a.sum(-1)) + b.sum(-1)  # 0 for a problem of zero mass, whose potentials are all padding
     positive = total > 0
     c = ((g * b).sum(-1) - plan.reducer.sum((f * a).sum(-1))) / torch.where(positive, total, torch.ones_like(total))
-    c = torch.where(positive, c, torch.zeros_like(c))
-    plan.set_dual(kr, f + c[:, None])
-    plan.set_dual(kc, g - c[:, None])
+    c = torch.where(positive, c, torch.zeros_like(c))[:, None]
+    plan.shift_gauge(kr, kc, f + c, g - c)

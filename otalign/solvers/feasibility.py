@@ -28,8 +28,12 @@ def _fmt(t: torch.Tensor) -> str:
     return repr(vals[0] if len(vals) == 1 else vals[:6] + (["..."] if len(vals) > 6 else []))
 
 
-def _close(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x - y).abs() <= RTOL * torch.maximum(x.abs(), y.abs()).clamp(min=1e-30)
+def _all_close(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``x`` and ``y`` agree within ``RTOL`` everywhere."""
+    if x.numel() == 1 and y.numel() == 1:  # one number each (the common case): on the host
+        u, v = float(x), float(y)
+        return abs(u - v) <= RTOL * max(abs(u), abs(v), 1e-30)
+    return bool(((x - y).abs() <= RTOL * torch.maximum(x.abs(), y.abs()).clamp(min=1e-30)).all())
 
 
 def check_feasible(prep: "Prepared") -> None:
@@ -50,7 +54,7 @@ def check_feasible(prep: "Prepared") -> None:
     # 1. hard equalities must agree on the total mass
     totals = [(k, p, total(p)) for ax in (0, 1) for k, p in eq[ax]]
     for (k1, p1, t1), (k2, p2, t2) in zip(totals, totals[1:]):
-        if not bool(_close(t1, t2).all()):
+        if not _all_close(t1, t2):
             raise ValueError(
                 f"constraints[{k1}] (hard marginal, axis {p1.axis}) has total mass {_fmt(t1)} but "
                 f"constraints[{k2}] (hard marginal, axis {p2.axis}) has {_fmt(t2)}; hard marginals "
@@ -64,7 +68,7 @@ def check_feasible(prep: "Prepared") -> None:
         for ax in (0, 1):
             for k2, p2 in eq[ax]:
                 t = total(p2)
-                if not bool(_close(p.mass, t).all()):
+                if not _all_close(p.mass, t):
                     raise ValueError(
                         f"constraints[{k}] (TotalMass) has mass={_fmt(p.mass)} but constraints[{k2}] "
                         f"fixes the axis-{ax} marginal to total {_fmt(t)}; expected equal masses"
@@ -96,7 +100,7 @@ def check_feasible(prep: "Prepared") -> None:
                 side = "row" if ax == 0 else "column"
                 if p.relation == "==":
                     too_much = bool((block_sums > group_w * (1 + RTOL) + 1e-12).any())
-                    mismatch = covers and p2.is_hard_equality and not bool(_close(block_sums, group_w).all())
+                    mismatch = covers and p2.is_hard_equality and not _all_close(block_sums, group_w)
                     bad, expected = too_much or mismatch, "exactly" if mismatch else "at most"
                 else:  # caps: infeasible only if they cannot hold a group's required mass
                     bad = covers and p2.is_hard_equality and bool((block_sums < group_w * (1 - RTOL)).any())

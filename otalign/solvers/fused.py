@@ -22,7 +22,7 @@ so the engine's checks, stopping test, domain choice and safety net are unchange
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -41,39 +41,47 @@ def build_fused(plan, projectors: list[Projector], ids: list[int], translation: 
             or FusedBlocks.build(plan, projectors, ids, translation))
 
 
-def _dead_lines(plan: DenseLogPlan) -> bool:
-    """Whether some row or column of ``Ktil`` is zero by construction: rows and columns forced to
-    zero (padding, zero weights: ``-inf`` reference weights), where ``Ktil d`` is 0 and the
-    scaling must be kept. (A line that is zero otherwise, every entry forbidden or flushed to zero
-    at absorption, makes the update infinite; the engine's safety net then redoes the interval in
-    the log domain, as for any non-finite value in the kernel domain.)"""
-    return not bool(torch.isfinite(plan.log_ra).all()) or not bool(torch.isfinite(plan.log_rb).all())
-
-
 def _marginal_ok(p: Projector) -> bool:
     return type(p) is MarginalProjector and p.relation == "==" and p.kind in ("hard", "KL")
 
 
 class _FusedMarginals:
     """What the fused sweeps share: the row and column targets ``a``, ``b`` and KL factors
-    ``tau`` (1 for a hard marginal), whether ``Ktil`` has zero lines, and the scalings at the
-    start of an interval."""
+    ``tau`` (1 for a hard marginal), which lines of ``Ktil`` are live (not zero by construction),
+    and the scalings at the start of an interval."""
 
     def __init__(self, plan: DenseLogPlan, pr: MarginalProjector, pc: MarginalProjector) -> None:
         dtype = plan.log_ra.dtype
-        self.a = torch.exp(pr.log_weights).to(dtype)  # (B or 1, n) targets
-        self.b = torch.exp(pc.log_weights).to(dtype)
+        self.a = pr.weights.to(dtype)  # (B or 1, n) targets
+        self.b = pc.weights.to(dtype)
         self.tau_r = 1.0 if pr.kind == "hard" else pr.rho / (pr.rho + plan.eps)
         self.tau_c = 1.0 if pc.kind == "hard" else pc.rho / (pc.rho + plan.eps)
-        self.dead = _dead_lines(plan)
+        # rows and columns forced to zero (padding, zero weights: -inf reference weights), where
+        # Ktil d is 0 and the scaling must be kept (and the translation step leaves their duals).
+        # (A line that is zero otherwise, every entry forbidden or flushed to zero at absorption,
+        # makes the update infinite; the engine's safety net then redoes the interval in the log
+        # domain, as for any non-finite value in the kernel domain.)
+        self.live_r, self.live_c = torch.isfinite(plan.log_ra), torch.isfinite(plan.log_rb)
+        self.dead = not (bool(self.live_r.all()) and bool(self.live_c.all()))
+        self._carry: Optional[tuple] = None  # (F, G, F0, G0, eps, du, dv) as the last interval left them
+
+    def _finish(self, plan: DenseLogPlan, du: torch.Tensor, dv: torch.Tensor) -> None:
+        """Write the row and column duals back from the ``(B, n)``, ``(B, m)`` scalings, and keep
+        the scalings for the next interval (reused if nothing else changed the duals)."""
+        plan.set_log_scalings(torch.log(du), torch.log(dv))
+        self._carry = (plan.F, plan.G, plan._F0, plan._G0, plan.eps, du, dv)
 
     def _start(self, plan: DenseLogPlan, omega: Optional[torch.Tensor]):
         """``(du, dv, c_r, c_c, omega)`` at the start of an interval: the scalings, the KL offsets
         ``-(1 - tau) F0 / eps`` (None for a hard side: in logs, as the factor alone can overflow
         when tau is far from 1) and ``omega`` (None when every factor is 1)."""
         eps, F0, G0 = plan.eps, plan._F0, plan._G0
-        du = torch.exp((plan.F - F0) / eps)
-        dv = torch.exp((plan.G - G0) / eps)
+        carry = self._carry
+        if carry is not None and all(x is y for x, y in zip(carry, (plan.F, plan.G, F0, G0))) and carry[4] == eps:
+            du, dv = carry[5], carry[6]  # nothing changed since the last interval wrote the duals
+        else:
+            du = torch.exp((plan.F - F0) / eps)
+            dv = torch.exp((plan.G - G0) / eps)
         c_r = None if self.tau_r == 1.0 else F0 * (-(1.0 - self.tau_r) / eps)
         c_c = None if self.tau_c == 1.0 else G0 * (-(1.0 - self.tau_c) / eps)
         if omega is not None and bool((omega == 1.0).all()):
@@ -93,8 +101,7 @@ class FusedPair(_FusedMarginals):
         self.single = plan.batch == 1
         self.pr, self.pc = pr, pc
         self.translate = False  # set by build when the translation step ends every sweep
-        self.live_r = torch.isfinite(plan.log_ra)  # padding keeps its duals under the translation
-        self.live_c = torch.isfinite(plan.log_rb)
+        self._views: Optional[tuple] = None  # one problem: (Ktil buffer, Ktil[0], its transpose, a, b)
 
     def _translated(self, du, dv, F0, G0, eps, keep, live_r, live_c):
         """The translation step (:func:`otalign.solvers.engine.translate`) on the scalings:
@@ -140,11 +147,11 @@ class FusedPair(_FusedMarginals):
         count: int,
         active: Optional[torch.Tensor],
         omega: Optional[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Callable[[], torch.Tensor]:
         """Run ``count >= 1`` sweeps in the kernel domain (``plan.mode == "kernel"``); problems
         outside ``active`` keep their duals, ``omega`` (``(B,)``) over-relaxes. Writes the duals
-        back and returns the potentials ``(F, G)`` before the last sweep (for the engine's choice
-        of domain)."""
+        back and returns the movement of the last sweep (:func:`_moved`, for the engine's choice of
+        domain)."""
         eps = plan.eps
         K = plan._buf
         F0, G0 = plan._F0, plan._G0
@@ -154,9 +161,12 @@ class FusedPair(_FusedMarginals):
         dead = self.dead
         F0t, G0t, live_r, live_c = F0, G0, self.live_r, self.live_c
         if self.single:  # (n,) vectors: one matrix-vector product, no batch dimension
-            K2, KT = K[0], K[0].t()
-            du, dv, a, b = du[0], dv[0], self.a[0], self.b[0]
-            F0t, G0t, live_r, live_c = F0[0], G0[0], live_r[0], live_c[0]
+            if self._views is None or self._views[0] is not K:  # views of the kernel buffer
+                self._views = (K, K[0], K[0].t(), self.a[0], self.b[0])
+            _, K2, KT, a, b = self._views
+            du, dv = du[0], dv[0]
+            if self.translate:
+                F0t, G0t, live_r, live_c = F0[0], G0[0], live_r[0], live_c[0]
             c_r = None if c_r is None else c_r[0]
             c_c = None if c_c is None else c_c[0]
             w = None if w is None else w[0]
@@ -191,17 +201,20 @@ class FusedPair(_FusedMarginals):
                     du, dv = self._translated(du, dv, F0t, G0t, eps, keep, live_r, live_c)
         # the marginals at the final scalings, for the check that follows: the column one from the
         # last update's product, the row one from one more product (the check needs it anyway)
-        log_row, log_col = torch.log(row(dv) * du), torch.log(col_marginal[0] * col_marginal[1])
+        row_sum, (KTu, dv_col) = row(dv), col_marginal
         if self.single:
-            du, dv, log_row, log_col = du[None], dv[None], log_row[None], log_col[None]
-            prev = (prev[0][None], prev[1][None])
-        plan.duals[self.kr] = F0 + eps * torch.log(du)
-        plan.duals[self.kc] = G0 + eps * torch.log(dv)
-        plan._aggregate_rows()
-        plan._aggregate_cols()
+            du, dv = du[None], dv[None]
+        self._finish(plan, du, dv)
         plan._clear_caches()
-        plan._log_row, plan._log_col = log_row, log_col
-        return F0 + eps * torch.log(prev[0]), G0 + eps * torch.log(prev[1])
+        plan._log_row, plan._log_col = torch.log(row_sum * du), torch.log(KTu * dv_col).reshape(dv.shape)
+        return _moved(du, dv, *prev)
+
+
+def _moved(du: torch.Tensor, dv: torch.Tensor, du_before: torch.Tensor, dv_before: torch.Tensor):
+    """The engine's :func:`~otalign.solvers.engine._movement` from the scalings: a function giving
+    ``(B,)``, the largest ``|log du - log du_before|`` and ``|log dv - log dv_before|`` (the
+    potentials' movement over the last sweep, in units of epsilon)."""
+    return lambda: torch.maximum(torch.log(du / du_before).abs().amax(-1), torch.log(dv / dv_before).abs().amax(-1))
 
 
 def _step(d, Kd, target, tau, c, w, keep, dead):
@@ -376,7 +389,7 @@ class FusedBlocks(_FusedMarginals):
         return cls(plan, ids, pr, pc, pb)
 
     def sweeps(self, plan: DenseLogPlan, count: int, active: Optional[torch.Tensor],
-               omega: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+               omega: Optional[torch.Tensor]) -> Callable[[], torch.Tensor]:
         """As :meth:`FusedPair.sweeps`, with the block scalings."""
         eps = plan.eps
         K = plan._buf
@@ -402,18 +415,15 @@ class FusedBlocks(_FusedMarginals):
                 dv = _step(dv, (Y * wc).sum(1), self.b, self.tau_c, c_c, om, keep, dead)
                 T = torch.bmm(Y * dv[:, None, :], self.col_onehot) * self.real  # (B, R, S)
                 w = _step(w, T, self.mass, 1.0, None, om3, keep3, True)
-        plan.duals[self.kr] = F0 + eps * torch.log(du)
-        plan.duals[self.kc] = G0 + eps * torch.log(dv)
         E = E0 + eps * torch.log(w)
         H = plan.duals[self.kb].clone()
         H[:, self.g_idx, self.h_idx] = E[:, self.r_idx, self.s_idx]
         plan.duals[self.kb] = H
-        plan._aggregate_rows()
-        plan._aggregate_cols()
+        self._finish(plan, du, dv)
         plan._set_base()
         # the block sums at the final scalings, for the check (row and column sums are recomputed)
         log_blocks = torch.full((plan.batch, self.fp.n_row_groups, self.fp.n_col_groups), -math.inf,
                                 dtype=K.dtype, device=K.device)
         log_blocks[:, self.g_idx, self.h_idx] = torch.log(w * T)[:, self.r_idx, self.s_idx]
         plan._log_groups[id(self.fp)] = log_blocks
-        return F0 + eps * torch.log(prev[0]), G0 + eps * torch.log(prev[1])
+        return _moved(du, dv, *prev)

@@ -323,6 +323,13 @@ class LogPlan:
             self._F0 = self._F0 + up
             self._G0 = self._G0 - down
 
+    def shift_gauge(self, row: int, col: int, f: torch.Tensor, g: torch.Tensor) -> None:
+        """Replace ``duals[row]``, ``duals[col]`` by ``f = duals[row] + c``, ``g = duals[col] - c``
+        (``c``: ``(B, 1)``): the plan and its marginals are unchanged, so are the cached ones."""
+        self.duals[row], self.duals[col] = f, g
+        self._aggregate_rows()
+        self._aggregate_cols()
+
     def set_dual(self, index: int, value: torch.Tensor) -> None:
         """Replace dual ``index`` and update the aggregates and cached marginals exactly."""
         fp = self.footprints[index]
@@ -373,6 +380,8 @@ class DenseLogPlan(LogPlan):
         self._buf: Optional[torch.Tensor] = None
         self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
         self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
+        self._log_scalings: Optional[tuple] = None  # (F, G, F0, G0, eps, log du, log dv): set_log_scalings
+        self._fresh: Optional[tuple] = None  # (F, G) at the last absorption
         self._G0: Optional[torch.Tensor] = None
         self._E0: Optional[torch.Tensor] = None  # joint block duals absorbed into the kernel
         self._kp: Optional[torch.Tensor] = None  # Ktil with rows and columns sorted by joint group
@@ -447,6 +456,7 @@ class DenseLogPlan(LogPlan):
                 self._kp = self._joint.permute(buf)
         self.mode = "kernel"
         self._clear_caches()  # recompute the marginals from the fresh kernel
+        self._fresh = (self.F, self.G)  # while these are the potentials, du = dv = 1
 
     def absorb_if_safe_at_start(self, safe: float) -> bool:
         """Enter the kernel domain before any movement is measured, if the largest entry of
@@ -492,18 +502,34 @@ class DenseLogPlan(LogPlan):
         amplification = (up_u + up_v).squeeze(-1)
         if not bool((amplification <= 2 * SAFE_DRIFT.get(buf.dtype, 30.0)).all()):
             return None  # (also when a potential is not finite)
-        if bool((log_du != 0).any()) or bool((log_dv != 0).any()):
-            # only du_i dv_j matters: split the amplification evenly between the two scalings
-            # (centring shifts f and g oppositely by an arbitrary constant)
-            shift = 0.5 * (up_u - up_v)
-            buf.mul_((log_du - shift).exp_()[:, :, None]).mul_((log_dv + shift).exp_()[:, None, :])
+        # only du_i dv_j matters: split the amplification evenly between the two scalings
+        # (centring shifts f and g oppositely by an arbitrary constant)
+        shift = 0.5 * (up_u - up_v)
+        buf.mul_((log_du - shift).exp_()[:, :, None]).mul_((log_dv + shift).exp_()[:, None, :])
         return buf
 
     def _log_du(self) -> torch.Tensor:
+        known = self._log_scalings
+        if known is not None and known[0] is self.F and known[2] is self._F0 and known[4] == self.eps:
+            return known[5]
         return (self.F - self._F0) / self.eps
 
     def _log_dv(self) -> torch.Tensor:
+        known = self._log_scalings
+        if known is not None and known[1] is self.G and known[3] is self._G0 and known[4] == self.eps:
+            return known[6]
         return (self.G - self._G0) / self.eps
+
+    def set_log_scalings(self, log_du: torch.Tensor, log_dv: torch.Tensor) -> None:
+        """Set the row and column duals from the log-scalings ``(F - F0) / eps``, ``(G - G0) / eps``
+        of the kernel domain (one row and one column dual: the fused sweeps), and keep the
+        log-scalings for the reductions that read them until the duals or the kernel change."""
+        (kr,), (kc,) = self._row_ids, self._col_ids
+        self.duals[kr] = self._F0 + self.eps * log_du
+        self.duals[kc] = self._G0 + self.eps * log_dv
+        self._aggregate_rows()
+        self._aggregate_cols()
+        self._log_scalings = (self.F, self.G, self._F0, self._G0, self.eps, log_du, log_dv)
 
     def _log_w(self) -> Optional[torch.Tensor]:
         """``(B, R, S)`` log block scalings ``(E - E0) / eps`` of the joint groups (None without
@@ -533,7 +559,15 @@ class DenseLogPlan(LogPlan):
             drift = drift + 0.5 * finite.flatten(1).amax(-1)
         return drift
 
+    def _at_absorption(self) -> bool:
+        """Whether the potentials are those absorbed into the kernel (no block duals): then
+        ``du = dv = 1`` and ``P = Ktil``."""
+        fresh = self._fresh
+        return self._joint is None and fresh is not None and fresh[0] is self.F and fresh[1] is self.G
+
     def _kernel_row(self) -> torch.Tensor:
+        if self._at_absorption():
+            return torch.log(self._buf.sum(-1))
         log_du = self._log_du()
         dv = torch.exp(self._log_dv())
         log_w = self._log_w()
@@ -550,6 +584,8 @@ class DenseLogPlan(LogPlan):
         return torch.log(torch.bmm(dv[:, None, :], self._buf.transpose(1, 2))[:, 0]).add_(log_du)
 
     def _kernel_col(self) -> torch.Tensor:
+        if self._at_absorption():
+            return torch.log(self._buf.sum(-2))
         log_dv = self._log_dv()
         du = torch.exp(self._log_du())
         log_w = self._log_w()

@@ -16,7 +16,7 @@ from .feasibility import check_feasible
 from ..geometry import as_geometry
 from ..geometry.base import Geometry, PairTerms
 from .distributed import IDENTITY, Reducer
-from .problem import Problem, safe_log, safe_logsumexp
+from .problem import Problem, safe_log
 from .registry import Projector, projector_for
 
 __all__ = ["Prepared", "prepare", "check_scalar", "MAX_ITER"]
@@ -195,6 +195,9 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
     for proj in projectors:
         if proj.reference is not None and ref[proj.reference[0]] is None:
             ref[proj.reference[0]] = proj.reference[1]
+    # a projector that already holds the log of the same weights (a marginal's log_weights)
+    logs = {id(p.weights): p.log_weights for p in projectors
+            if isinstance(getattr(p, "weights", None), torch.Tensor) and isinstance(getattr(p, "log_weights", None), torch.Tensor)}
 
     def log_reference(axis: int, live: torch.Tensor) -> torch.Tensor:
         w = ref[axis]
@@ -203,7 +206,7 @@ def prepare(cost: Any, constraints: Any, *, epsilon: Optional[float], entropy: s
             if entropy == "kl":  # no constraint on this axis: uniform reference weights
                 base = safe_log(problem.vector(None, axis, "weights")).expand(live.shape).clone()
         else:
-            base = safe_log(w).expand(live.shape)
+            base = (logs[id(w)] if id(w) in logs else safe_log(w)).expand(live.shape)
         return torch.where(live, base, torch.full_like(base, -math.inf))
 
     prepared = Prepared(
@@ -249,17 +252,17 @@ def _check_reference_mass(prep: Prepared, entropy: str) -> None:
     """The masses the objective adds up must be representable: each axis's weights, and for
     ``entropy="kl"`` the reference measure ``a (x) b`` (mass ``sum a * sum b``)."""
     dtype = prep.problem.dtype
-    limit = math.log(torch.finfo(dtype).max) - math.log(16.0)
-    with torch.no_grad():
-        log_a = prep.reducer.lse(safe_logsumexp(prep.log_ra, -1))
-        log_b = safe_logsumexp(prep.log_rb, -1)
-        worst = torch.maximum(log_a, log_b)
+    limit = torch.finfo(dtype).max / 16.0
+    with torch.no_grad():  # the weights are finite: a total that overflows is inf, above the limit
+        mass_a = prep.reducer.sum(torch.exp(prep.log_ra).sum(-1))
+        mass_b = torch.exp(prep.log_rb).sum(-1)
+        worst = torch.maximum(mass_a, mass_b)
         if entropy == "kl":
-            worst = torch.maximum(worst, log_a + log_b)
+            worst = torch.maximum(worst, mass_a * mass_b)
         worst = float(worst.max())
     if worst > limit:
         raise ValueError(
-            f"the weights have total masses {float(log_a.exp().max()):.3g} (rows) and {float(log_b.exp().max()):.3g} "
+            f"the weights have total masses {float(mass_a.max()):.3g} (rows) and {float(mass_b.max()):.3g} "
             f"(columns): the objective's terms (the reference measure a (x) b of entropy='kl' has mass "
             f"sum a * sum b) exceed the range of {dtype}; expected weights whose masses it can represent "
             "(normalise them and scale the result, or solve in float64)"

@@ -146,6 +146,8 @@ class MarginalProjector(Projector):
         return self.rho * torch.clamp(w - mu, min=0.0).sum(-1)
 
     def gap(self, dual: torch.Tensor, log_marginal: torch.Tensor) -> torch.Tensor:
+        if self.is_hard_equality:  # <f, mu - w> (a line of zero weight has zero mass: no term)
+            return (dual * (torch.exp(log_marginal) - self.weights)).sum(-1)
         smooth, first_order = self._gap_parts(dual, log_marginal)
         return (smooth + first_order).sum(-1)
 
