@@ -279,95 +279,66 @@ class FusedBlocks(_FusedMarginals):
             self.a_p = self.a.index_select(1, j.row_perm)
             self.b_p = self.b.index_select(1, j.col_perm)
             self.col_codes_p = j.col_sorted_codes  # (m,) joint column group, sorted order
+            # (S, m) one-hot of the sorted columns' joint groups (w[r, c(j)] and the block sums
+            # as products)
+            self.col_onehot_pt = torch.nn.functional.one_hot(j.col_sorted_codes, len(j.col_bounds)).to(dtype).t()
             self.single = B == 1
 
     def _sorted_sweeps(self, Kp, count, du, dv, w, c_r, c_c, om, om3, keep, keep3, dead):
-        """The sweeps in sorted order (``Kp``: ``(B, n, m)``, rows and columns by joint group).
-        Returns ``((du, dv, w, T), (du, dv) before the last sweep)`` in natural order."""
+        """The sweeps in sorted order (``Kp``: ``(B, n, m)``, rows and columns by joint group, so
+        that each row group is a band of contiguous rows). A sweep is ``2 R`` products on the
+        bands (each entry of ``Ktil`` read twice, as in a plain sweep):
+
+        * rows: band ``r`` times ``dv * w[r, c(j)]``;
+        * columns: ``Y[r] = band_r^T du_r``; the column sums ``sum_r w[r, c(j)] Y[r, j]``, and
+          with the new ``dv`` the block sums ``T[r, s] = sum_{c(j) = s} Y[r, j] dv_j``.
+
+        ``w[r, c(j)]`` and the block sums are products with the ``(S, m)`` one-hot of the columns'
+        groups (an index_select along the columns costs ~10x more on the CPU). One problem runs on
+        ``(n,)`` vectors (mat-vec products, no batch dimension). Returns ``((du, dv, w, T), (du,
+        dv) before the last sweep)`` in natural order."""
         j = self.j
-        if self.single and Kp.device.type == "cpu" and om is None and keep is None and not dead and c_r is None \
-                and c_c is None:
-            return self._sorted_plain_cpu(Kp[0], count, du, dv, w)
-        single = self.single
-        if single:
-            K2 = Kp[0]
-            mv = lambda M, v: torch.mv(M, v[0])[None]  # noqa: E731
-            bands = [K2[r0:r1] for r0, r1 in j.row_bounds]
-            blocks = [[K2[r0:r1, c0:c1].t() for r0, r1 in j.row_bounds] for c0, c1 in j.col_bounds]
-        else:
-            mv = lambda M, v: torch.bmm(v[:, None, :], M.transpose(1, 2))[:, 0]  # noqa: E731
-            bands = [Kp[:, r0:r1] for r0, r1 in j.row_bounds]
-            blocks = [[Kp[:, r0:r1, c0:c1].transpose(1, 2) for r0, r1 in j.row_bounds] for c0, c1 in j.col_bounds]
+        bounds, sizes = j.row_bounds, [r1 - r0 for r0, r1 in j.row_bounds]
         du = du.index_select(1, j.row_perm)
         dv = dv.index_select(1, j.col_perm)
         c_r = None if c_r is None else c_r.index_select(1, j.row_perm)
         c_c = None if c_c is None else c_c.index_select(1, j.col_perm)
-        prev = (du, dv)
-        T = w
-        for _ in range(count):
+        onehot_t, a, b, mass, real = self.col_onehot_pt, self.a_p, self.b_p, self.mass, self.real
+        if self.single:  # drop the batch dimension; (1,)-shaped factors broadcast
+            K2 = Kp[0]
+            bands = [(K2[r0:r1], K2[r0:r1].t()) for r0, r1 in bounds]
+            du, dv, w, a, b, mass = du[0], dv[0], w[0], a[0], b[0], mass[0]
+            c_r, c_c = (None if c is None else c[0] for c in (c_r, c_c))
+            om, keep = (None if x is None else x[0] for x in (om, keep))
+            om3, keep3 = (None if x is None else x[0] for x in (om3, keep3))
             prev = (du, dv)
-            wc = w.index_select(2, self.col_codes_p)  # (B, R, m): w[r, c(j)], sorted columns
-            rows = torch.cat([mv(band, dv * wc[:, r]) for r, band in enumerate(bands)], 1)
-            du = _step(du, rows, self.a_p, self.tau_r, c_r, om, keep, dead)
-            parts = [du[:, r0:r1] for r0, r1 in j.row_bounds]
-            Ys = [torch.stack([mv(blk, part) for blk, part in zip(col_blocks, parts)], 1)  # (B, R, m_s)
-                  for col_blocks in blocks]
-            cols = torch.cat([torch.bmm(w[:, None, :, s], Y)[:, 0] for s, Y in enumerate(Ys)], 1)
-            dv = _step(dv, cols, self.b_p, self.tau_c, c_c, om, keep, dead)
-            T = torch.stack([torch.bmm(Y, dv[:, c0:c1, None])[:, :, 0]
-                             for Y, (c0, c1) in zip(Ys, j.col_bounds)], 2) * self.real  # (B, R, S)
-            w = _step(w, T, self.mass, 1.0, None, om3, keep3, True)
+            T = w
+            for _ in range(count):
+                prev = (du, dv)
+                wc = torch.mm(w, onehot_t)  # (R, m): w[r, c(j)], sorted columns
+                rows = torch.cat([torch.mv(band, v) for (band, _), v in zip(bands, (dv * wc).unbind(0))])
+                du = _step(du, rows, a, self.tau_r, c_r, om, keep, dead)
+                Y = torch.stack([torch.mv(band_t, u) for (_, band_t), u in zip(bands, du.split(sizes))])  # (R, m)
+                dv = _step(dv, (Y * wc).sum(0), b, self.tau_c, c_c, om, keep, dead)
+                T = torch.mm(Y * dv, onehot_t.t()) * real  # (R, S)
+                w = _step(w, T, mass, 1.0, None, om3, keep3, True)
+            du, dv, w, T, prev = du[None], dv[None], w[None], T[None], (prev[0][None], prev[1][None])
+        else:
+            bands = [Kp[:, r0:r1] for r0, r1 in bounds]
+            prev = (du, dv)
+            T = w
+            for _ in range(count):
+                prev = (du, dv)
+                wc = torch.matmul(w, onehot_t)  # (B, R, m)
+                V = dv[:, None, :] * wc
+                rows = torch.cat([j._times(band, V[:, r]) for r, band in enumerate(bands)], 1)
+                du = _step(du, rows, a, self.tau_r, c_r, om, keep, dead)
+                Y = torch.stack([j._times_t(band, u) for band, u in zip(bands, du.split(sizes, 1))], 1)  # (B, R, m)
+                dv = _step(dv, (Y * wc).sum(1), b, self.tau_c, c_c, om, keep, dead)
+                T = torch.matmul(Y * dv[:, None, :], onehot_t.t()) * real  # (B, R, S)
+                w = _step(w, T, mass, 1.0, None, om3, keep3, True)
         back = lambda u, v: (u.index_select(1, j.row_inv), v.index_select(1, j.col_inv))  # noqa: E731
         return (*back(du, dv), w, T), back(*prev)
-
-    def _sorted_plain_cpu(self, K2, count, du, dv, w):
-        """:meth:`_sorted_sweeps` for one problem on the CPU with hard marginals, no
-        over-relaxation and no zero lines: 1-D vectors, the block scalings and sums as Python
-        floats (one host read per sweep, free on the CPU), ``addmv`` to combine the blocks."""
-        j = self.j
-        rb, cb = j.row_bounds, j.col_bounds
-        R, S = len(rb), len(cb)
-        sub = [[K2[r0:r1, c0:c1] for c0, c1 in cb] for r0, r1 in rb]  # sub[r][s]
-        subT = [[blk.t() for blk in row] for row in sub]
-        a, b = self.a_p[0], self.b_p[0]
-        mass = self.mass[0].tolist()
-        real = self.real.tolist()
-        W = w[0].tolist()
-        du = du[0].index_select(0, j.row_perm)
-        dv = dv[0].index_select(0, j.col_perm)
-        prev = (du, dv)
-        T = [[0.0] * S for _ in range(R)]
-        for _ in range(count):
-            prev = (du, dv)
-            dvs = [dv[c0:c1] for c0, c1 in cb]
-            rows = []
-            for r in range(R):
-                acc = torch.mv(sub[r][0], dvs[0]).mul_(W[r][0])
-                for s in range(1, S):
-                    acc = torch.addmv(acc, sub[r][s], dvs[s], alpha=W[r][s])
-                rows.append(acc)
-            du = a / torch.cat(rows)
-            dus = [du[r0:r1] for r0, r1 in rb]
-            Y = [[torch.mv(subT[r][s], dus[r]) for r in range(R)] for s in range(S)]  # Y[s][r]
-            cols = []
-            for s in range(S):
-                acc = Y[s][0] * W[0][s]
-                for r in range(1, R):
-                    acc = acc.add_(Y[s][r], alpha=W[r][s])
-                cols.append(acc)
-            dv = b / torch.cat(cols)
-            dvs = [dv[c0:c1] for c0, c1 in cb]
-            sums = torch.stack([torch.dot(Y[s][r], dvs[s]) for r in range(R) for s in range(S)]).tolist()
-            for r in range(R):
-                for s in range(S):
-                    t = sums[r * S + s] * real[r][s]
-                    T[r][s] = t
-                    if t > 0:  # blocks outside the constraint (t = 0) or of zero mass keep theirs
-                        W[r][s] = mass[r][s] / t
-        like = dict(dtype=K2.dtype, device=K2.device)
-        w_t, T_t = torch.tensor(W, **like)[None], torch.tensor(T, **like)[None]
-        back = lambda u, v: (u.index_select(0, j.row_inv)[None], v.index_select(0, j.col_inv)[None])  # noqa: E731
-        return (*back(du, dv), w_t, T_t), back(*prev)
 
     @classmethod
     def build(cls, plan, projectors: list[Projector], ids: list[int], translation: bool) -> Optional["FusedBlocks"]:
