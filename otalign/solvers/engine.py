@@ -329,7 +329,12 @@ def iterate(
             # the common case (every problem active, every dual finite, none stopping) takes no
             # per-problem masking: small problems are dominated by these checks
             live = None if all_active else active
-            finite = _finite(plan, ids)  # None: every dual is finite
+            drift = None  # the largest drift of the kernel's scalings, when read first
+            if fused is not None and fused.duals_in_drift and plan.mode == "kernel" and check_iters:
+                drift = plan.reducer.max_float(_largest(plan.kernel_drift(), live))
+            # where the duals are the scalings' logs (fused.duals_in_drift), a finite drift says
+            # that every dual is finite; the per-problem flags are computed only otherwise
+            finite = None if drift is not None and math.isfinite(drift) else _finite(plan, ids)  # None: all finite
             if finite is not None:
                 if plan.mode == "kernel":  # not a divergence: redo the interval in the log domain
                     for k in ids:
@@ -346,7 +351,8 @@ def iterate(
                 # no movement measured yet: enter the kernel domain now if nothing significant
                 # underflows, so that even this first check reads the marginals by mat-vec products
                 plan.absorb_if_safe_at_start(safe)
-            elif plan.mode == "kernel" and plan.reducer.max_float(_largest(plan.kernel_drift(), live)) > safe:
+            elif plan.mode == "kernel" and (plan.reducer.max_float(_largest(plan.kernel_drift(), live))
+                                            if drift is None else drift) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
             err = measure_errors(plan, projectors)
             failed = None

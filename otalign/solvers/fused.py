@@ -50,6 +50,10 @@ class _FusedMarginals:
     ``tau`` (1 for a hard marginal), which lines of ``Ktil`` are live (not zero by construction),
     and the scalings at the start of an interval."""
 
+    #: every dual is ``F0 + eps log(d)`` for a scaling ``d`` that the kernel drift reads, so that a
+    #: finite drift means finite duals (the engine then skips its own finiteness test)
+    duals_in_drift = False
+
     def __init__(self, plan: DenseLogPlan, pr: MarginalProjector, pc: MarginalProjector) -> None:
         dtype = plan.log_ra.dtype
         self.a = pr.weights.to(dtype)  # (B or 1, n) targets
@@ -94,6 +98,8 @@ class FusedPair(_FusedMarginals):
     column marginal (equalities, hard or KL), updated in that order, each sweep ended by the
     translation step when the engine runs one (``(f + t, g - t)``: ``du e^{t/eps}``,
     ``dv e^{-t/eps}``). Build with :meth:`build`, which returns None when the problem is not of this form."""
+
+    duals_in_drift = True  # the row and column duals are the only ones
 
     def __init__(self, plan: DenseLogPlan, kr: int, kc: int, pr: MarginalProjector, pc: MarginalProjector) -> None:
         super().__init__(plan, pr, pc)

@@ -211,8 +211,8 @@ class MarginalProjector(Projector):
         """
         if self.relation != "==":
             return None
-        if self.kind == "hard":
-            return "linear", torch.logsumexp(self.log_weights, -1).expand(dual.shape[0]), 0.0
+        if self.kind == "hard":  # (safe_log: a zero total gives -inf and no NaN gradient)
+            return "linear", safe_log(self.weights.sum(-1)).expand(dual.shape[0]), 0.0
         if self.kind == "KL":
             return "exp", torch.logsumexp(self.log_weights - dual / self.rho, -1), self.rho
         return None
