@@ -9,13 +9,15 @@
    one ``ota.solve`` call on the padded batch (zero weights on the padding).
 
 Times are CPU time of this process (``time.process_time``: not inflated when other processes share
-the cores), the best of ``--rounds`` rounds of ``--calls`` calls, the methods interleaved.
+the cores), the best of ``--rounds`` rounds of ``--calls`` calls, the methods interleaved; for the
+single solve also the median over rounds of each method's time divided by POT NumPy's in the same
+round (slow phases of a shared machine cancel in it).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 import warnings
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 
 import otalign as ota
 from otalign import constraints as C
+from otalign.bench.timing import best_cpu_time, cpu_time_rounds
 
 
 def cloud_problem(rng, n, m):
@@ -31,23 +34,11 @@ def cloud_problem(rng, n, m):
     return M / M.max(), np.full(n, 1.0 / n), np.full(m, 1.0 / m)
 
 
-def best_time(fns: dict, rounds: int, calls: int) -> dict:
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            t0 = time.process_time()
-            for _ in range(calls):
-                fn()
-            best[name] = min(best[name], (time.process_time() - t0) / calls)
-    return best
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--tol", type=float, default=1e-9)
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--calls", type=int, default=10)
     args = p.parse_args()
     import ot
@@ -65,14 +56,17 @@ def main() -> None:
         f"ota.solve(tol={tol:g}).plan": lambda: ota.solve(Mt, C.balanced(at, bt), epsilon=eps, tol=tol).plan,
         "ota.solve (default tol).plan": lambda: ota.solve(Mt, C.balanced(at, bt), epsilon=eps).plan,
     }
-    times = best_time(single, args.rounds, args.calls)
+    rounds = cpu_time_rounds(single, args.rounds, args.calls)
+    times = {name: min(values) for name, values in rounds.items()}
     res = ota.solve(Mt, C.balanced(at, bt), epsilon=eps, tol=tol)
     ref = ot.sinkhorn(a, b, M, eps, stopThr=1e-14, numItermax=100_000)
     print(f"1. one 50 x 50 solve, float64, epsilon {eps:g} ({int(res.n_iters)} sweeps; "
           f"L1 distance of the plan to POT's converged one {float(np.abs(res.plan.numpy() - ref).sum()):.1e})")
     base, base_t = times["POT ot.sinkhorn, NumPy"], times["POT ot.sinkhorn, torch"]
     for name, secs in times.items():
-        print(f"   {name:34s} {secs * 1e3:7.3f} ms   {secs / base:5.2f}x POT NumPy   {secs / base_t:5.2f}x POT torch")
+        paired = statistics.median(t / p for t, p in zip(rounds[name], rounds["POT ot.sinkhorn, NumPy"]))
+        print(f"   {name:34s} {secs * 1e3:7.3f} ms   {secs / base:5.2f}x POT NumPy   {secs / base_t:5.2f}x POT torch"
+              f"   (median over rounds of the same-round ratio to POT NumPy: {paired:.2f}x)")
 
     probs = [cloud_problem(rng, *rng.integers(50, 101, 2)) for _ in range(64)]
     T = [tuple(torch.tensor(v) for v in prob) for prob in probs]
@@ -87,7 +81,7 @@ def main() -> None:
         "ota.solve loop": lambda: [ota.solve(Mk, C.balanced(ak, bk), epsilon=eps, tol=tol).plan for Mk, ak, bk in T],
         "ota.solve, one padded batch": lambda: ota.solve(Mp, C.balanced(ap, bp), epsilon=eps, tol=tol).plan,
     }
-    times = best_time(many, max(3, args.rounds // 5), 1)
+    times = best_cpu_time(many, max(3, args.rounds // 5), 1)
     print("2. 64 problems of 50 to 100 points, float64")
     base = times["POT NumPy loop"]
     for name, secs in times.items():

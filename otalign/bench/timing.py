@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
-__all__ = ["Clock", "MemoryMeter", "median", "machine_info", "library_versions"]
+__all__ = ["Clock", "MemoryMeter", "median", "cpu_time_rounds", "best_cpu_time", "machine_info", "library_versions"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,30 @@ T = TypeVar("T")
 def median(values: list[float]) -> Optional[float]:
     """Median, or None for an empty list."""
     return statistics.median(values) if values else None
+
+
+def cpu_time_rounds(fns: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function in each of ``rounds`` rounds: CPU time of this process
+    (``time.process_time``: not inflated when other processes share the cores) for ``calls``
+    calls, the functions interleaved within each round, each warmed up by one untimed call per
+    round. For comparisons on a shared machine, where medians of wall-clock times move by +-30%
+    between identical runs (the benchmark scripts in ``benchmarks/``): take the best round
+    (:func:`best_cpu_time`), or the median over rounds of the ratio of two functions' times in the
+    same round (slow phases of the machine then cancel)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            t0 = time.process_time()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.process_time() - t0) / calls)
+    return times
+
+
+def best_cpu_time(fns: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) -> dict[str, float]:
+    """The best round of :func:`cpu_time_rounds`: seconds per call of each function."""
+    return {name: min(values) for name, values in cpu_time_rounds(fns, rounds, calls).items()}
 
 
 class Clock:

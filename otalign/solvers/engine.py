@@ -146,26 +146,25 @@ def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 Translation = Optional[tuple[int, int]]
 
 
-def translation_pair(projectors: list[Projector], duals: list[Optional[torch.Tensor]]) -> Translation:
+def translation_pair(projectors: list[Projector]) -> Translation:
     """The (row, column) constraints whose duals the translation step moves, or None.
 
     A ROW-footprint and a COL-footprint projector that both describe their dual objective along a
-    translation (:meth:`MarginalProjector.translation`), not both linear (two hard equalities: the
-    translation is the balanced gauge, which leaves the dual objective unchanged).
+    translation (:meth:`MarginalProjector.translation`, whose form ``translation_kind`` names),
+    not both linear (two hard equalities: the translation is the balanced gauge, which leaves the
+    dual objective unchanged).
     """
     from .footprint import COL as _COL, ROW as _ROW
 
-    def first(fp):  # (index, model) of the first projector on this footprint that has a model
+    def first(fp):  # (index, kind of model) of the first projector on this footprint that has one
         for k, p in enumerate(projectors):
-            model = getattr(p, "translation", None)
-            if p.footprint is fp and model is not None:
-                out = model(duals[k])
-                if out is not None:
-                    return k, out
+            kind = getattr(p, "translation_kind", None)
+            if p.footprint is fp and kind is not None:
+                return k, kind
         return None, None
 
-    (kr, model_r), (kc, model_c) = first(_ROW), first(_COL)
-    if kr is None or kc is None or model_r[0] == "linear" == model_c[0]:
+    (kr, kind_r), (kc, kind_c) = first(_ROW), first(_COL)
+    if kr is None or kc is None or kind_r == "linear" == kind_c:
         return None
     return kr, kc
 
@@ -288,7 +287,7 @@ def iterate(
     device = plan.log_ra.device
     dtype = plan.log_ra.dtype
     ids = [k for k, p in enumerate(projectors) if p.footprint is not None]
-    pair = translation_pair(projectors, plan.duals) if acc.translation else None
+    pair = translation_pair(projectors) if acc.translation else None
     active = torch.ones(B, dtype=torch.bool, device=device)
     all_active, n_active = True, B
     converged = torch.zeros(B, dtype=torch.bool, device=device)
@@ -536,7 +535,7 @@ def _adapt_omega_tensor(omega, failures, ratio, just_set, err, last, check_every
 def _largest(values: torch.Tensor, active: Optional[torch.Tensor]) -> float:
     """The largest value over the active problems (``active`` None: all)."""
     if active is None:
-        return float(values.amax())
+        return float(values) if values.numel() == 1 else float(values.amax())
     return float(torch.where(active, values, torch.zeros_like(values)).amax())
 
 

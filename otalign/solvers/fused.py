@@ -220,7 +220,7 @@ def _moved(du: torch.Tensor, dv: torch.Tensor, du_before: torch.Tensor, dv_befor
     """The engine's :func:`~otalign.solvers.engine._movement` from the scalings: a function giving
     ``(B,)``, the largest ``|log du - log du_before|`` and ``|log dv - log dv_before|`` (the
     potentials' movement over the last sweep, in units of epsilon)."""
-    return lambda: torch.maximum(torch.log(du / du_before).abs().amax(-1), torch.log(dv / dv_before).abs().amax(-1))
+    return lambda: torch.log(torch.cat([du / du_before, dv / dv_before], -1)).abs().amax(-1)
 
 
 def _step(d, Kd, target, tau, c, w, keep, dead):

@@ -17,7 +17,9 @@ __all__ = ["Problem", "compute_dtype", "safe_log", "safe_logsumexp"]
 
 
 def safe_log(x: torch.Tensor) -> torch.Tensor:
-    """``log x`` with ``log 0 = -inf`` and a zero (not NaN) gradient where ``x == 0``."""
+    """``log x`` (``x >= 0``) with ``log 0 = -inf`` and a zero (not NaN) gradient where ``x == 0``."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return torch.log(x)  # no gradient to guard: log 0 is -inf already
     positive = x > 0
     return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))), -torch.inf)
 

@@ -90,6 +90,8 @@ class MarginalProjector(Projector):
         self.reference = (self.axis, self.weights)
         self.is_hard_equality = self.kind == "hard" and self.relation == "=="
         self.relaxable = self.relation == "==" and self.kind in ("hard", "KL")
+        #: the form of :meth:`translation`'s model, known without computing it
+        self.translation_kind = {"hard": "linear", "KL": "exp"}.get(self.kind) if self.relation == "==" else None
 
     @classmethod
     def batch_size(cls, constraint: Marginal) -> Optional[int]:
@@ -209,11 +211,10 @@ class MarginalProjector(Projector):
 
         None for other kinds (no closed form).
         """
-        if self.relation != "==":
-            return None
-        if self.kind == "hard":  # (safe_log: a zero total gives -inf and no NaN gradient)
+        kind = self.translation_kind
+        if kind == "linear":  # (safe_log: a zero total gives -inf and no NaN gradient)
             return "linear", safe_log(self.weights.sum(-1)).expand(dual.shape[0]), 0.0
-        if self.kind == "KL":
+        if kind == "exp":
             return "exp", torch.logsumexp(self.log_weights - dual / self.rho, -1), self.rho
         return None
 
