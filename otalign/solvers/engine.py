@@ -330,7 +330,7 @@ def iterate(
             live = None if all_active else active
             drift = None  # the largest drift of the kernel's scalings, when read first
             if fused is not None and fused.duals_in_drift and plan.mode == "kernel" and check_iters:
-                drift = plan.reducer.max_float(_largest(plan.kernel_drift(), live))
+                drift = _largest_drift(plan, live)
             # where the duals are the scalings' logs (fused.duals_in_drift), a finite drift says
             # that every dual is finite; the per-problem flags are computed only otherwise
             finite = None if drift is not None and math.isfinite(drift) else _finite(plan, ids)  # None: all finite
@@ -350,8 +350,7 @@ def iterate(
                 # no movement measured yet: enter the kernel domain now if nothing significant
                 # underflows, so that even this first check reads the marginals by mat-vec products
                 plan.absorb_if_safe_at_start(safe)
-            elif plan.mode == "kernel" and (plan.reducer.max_float(_largest(plan.kernel_drift(), live))
-                                            if drift is None else drift) > safe:
+            elif plan.mode == "kernel" and (_largest_drift(plan, live) if drift is None else drift) > safe:
                 plan.absorb()  # the stopping test always reads an exact kernel
             err = measure_errors(plan, projectors)
             failed = None
@@ -537,6 +536,11 @@ def _largest(values: torch.Tensor, active: Optional[torch.Tensor]) -> float:
     if active is None:
         return float(values) if values.numel() == 1 else float(values.amax())
     return float(torch.where(active, values, torch.zeros_like(values)).amax())
+
+
+def _largest_drift(plan: LogPlan, active: Optional[torch.Tensor]) -> float:
+    """The largest :meth:`~DenseLogPlan.kernel_drift` over the active problems (and the ranks)."""
+    return plan.reducer.max_float(_largest(plan.kernel_drift(), active))
 
 
 def _movement(plan: LogPlan):

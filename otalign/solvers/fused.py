@@ -48,7 +48,8 @@ def _marginal_ok(p: Projector) -> bool:
 class _FusedMarginals:
     """What the fused sweeps share: the row and column targets ``a``, ``b`` and KL factors
     ``tau`` (1 for a hard marginal), which lines of ``Ktil`` are live (not zero by construction),
-    and the scalings at the start of an interval."""
+    and the scalings at the start of an interval (those the last interval left in the plan,
+    :meth:`DenseLogPlan.set_scalings`, when nothing changed them since)."""
 
     #: every dual is ``F0 + eps log(d)`` for a scaling ``d`` that the kernel drift reads, so that a
     #: finite drift means finite duals (the engine then skips its own finiteness test)
@@ -67,22 +68,15 @@ class _FusedMarginals:
         # domain, as for any non-finite value in the kernel domain.)
         self.live_r, self.live_c = torch.isfinite(plan.log_ra), torch.isfinite(plan.log_rb)
         self.dead = not (bool(self.live_r.all()) and bool(self.live_c.all()))
-        self._carry: Optional[tuple] = None  # (F, G, F0, G0, eps, du, dv) as the last interval left them
-
-    def _finish(self, plan: DenseLogPlan, du: torch.Tensor, dv: torch.Tensor) -> None:
-        """Write the row and column duals back from the ``(B, n)``, ``(B, m)`` scalings, and keep
-        the scalings for the next interval (reused if nothing else changed the duals)."""
-        plan.set_log_scalings(torch.log(du), torch.log(dv))
-        self._carry = (plan.F, plan.G, plan._F0, plan._G0, plan.eps, du, dv)
 
     def _start(self, plan: DenseLogPlan, omega: Optional[torch.Tensor]):
         """``(du, dv, c_r, c_c, omega)`` at the start of an interval: the scalings, the KL offsets
         ``-(1 - tau) F0 / eps`` (None for a hard side: in logs, as the factor alone can overflow
         when tau is far from 1) and ``omega`` (None when every factor is 1)."""
         eps, F0, G0 = plan.eps, plan._F0, plan._G0
-        carry = self._carry
-        if carry is not None and all(x is y for x, y in zip(carry, (plan.F, plan.G, F0, G0))) and carry[4] == eps:
-            du, dv = carry[5], carry[6]  # nothing changed since the last interval wrote the duals
+        known = plan.known_scalings()
+        if known is not None:  # nothing changed since the last interval wrote the duals
+            du, dv = known[2], known[3]
         else:
             du = torch.exp((plan.F - F0) / eps)
             dv = torch.exp((plan.G - G0) / eps)
@@ -210,7 +204,7 @@ class FusedPair(_FusedMarginals):
         row_sum, (KTu, dv_col) = row(dv), col_marginal
         if self.single:
             du, dv = du[None], dv[None]
-        self._finish(plan, du, dv)
+        plan.set_scalings(du, dv)
         plan._clear_caches()
         plan._log_row, plan._log_col = torch.log(row_sum * du), torch.log(KTu * dv_col).reshape(dv.shape)
         return _moved(du, dv, *prev)
@@ -276,15 +270,14 @@ class FusedBlocks(_FusedMarginals):
         self.col_onehot = j.col_onehot.expand(B, -1, -1).contiguous()  # (B, m, S), for bmm
 
         # labels shared by the batch: rows and columns sorted by joint group (plan._kp), every
-        # block a contiguous sub-matrix: a row pass is R products on row bands, a column pass R * S
-        # products on the blocks (each entry read once per pass; MKL's products with a few
-        # right-hand sides cost as much as that many passes)
+        # row group a band of contiguous rows (_sorted_sweeps: 2 R products on the bands per sweep,
+        # each entry read once per pass; MKL's products with a few right-hand sides cost as much
+        # as that many passes)
         self.sorted = j.sorted
         if self.sorted:
             self.j = j
             self.a_p = self.a.index_select(1, j.row_perm)
             self.b_p = self.b.index_select(1, j.col_perm)
-            self.col_codes_p = j.col_sorted_codes  # (m,) joint column group, sorted order
             # (S, m) one-hot of the sorted columns' joint groups (w[r, c(j)] and the block sums
             # as products)
             self.col_onehot_pt = torch.nn.functional.one_hot(j.col_sorted_codes, len(j.col_bounds)).to(dtype).t()
@@ -370,7 +363,7 @@ class FusedBlocks(_FusedMarginals):
         """As :meth:`FusedPair.sweeps`, with the block scalings."""
         eps = plan.eps
         K = plan._buf
-        F0, G0, E0 = plan._F0, plan._G0, plan._E0
+        E0 = plan._E0
         du, dv, c_r, c_c, omega = self._start(plan, omega)
         w = torch.exp(plan._log_w())
         om = None if omega is None else omega[:, None]
@@ -396,7 +389,7 @@ class FusedBlocks(_FusedMarginals):
         H = plan.duals[self.kb].clone()
         H[:, self.g_idx, self.h_idx] = E[:, self.r_idx, self.s_idx]
         plan.duals[self.kb] = H
-        self._finish(plan, du, dv)
+        plan.set_scalings(du, dv)
         plan._set_base()
         # the block sums at the final scalings, for the check (row and column sums are recomputed)
         log_blocks = torch.full((plan.batch, self.fp.n_row_groups, self.fp.n_col_groups), -math.inf,

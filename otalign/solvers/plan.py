@@ -380,7 +380,7 @@ class DenseLogPlan(LogPlan):
         self._buf: Optional[torch.Tensor] = None
         self._final: Optional[tuple] = None  # the kernel kept at the end of a solve (take_plan)
         self._F0: Optional[torch.Tensor] = None  # potentials absorbed into the kernel
-        self._log_scalings: Optional[tuple] = None  # (F, G, F0, G0, eps, log du, log dv): set_log_scalings
+        self._scalings: Optional[tuple] = None  # (F, G, F0, G0, eps, log du, log dv, du, dv): set_scalings
         self._fresh: Optional[tuple] = None  # (F, G) at the last absorption
         self._G0: Optional[torch.Tensor] = None
         self._E0: Optional[torch.Tensor] = None  # joint block duals absorbed into the kernel
@@ -509,27 +509,34 @@ class DenseLogPlan(LogPlan):
         return buf
 
     def _log_du(self) -> torch.Tensor:
-        known = self._log_scalings
-        if known is not None and known[0] is self.F and known[2] is self._F0 and known[4] == self.eps:
-            return known[5]
-        return (self.F - self._F0) / self.eps
+        known = self.known_scalings()
+        return (self.F - self._F0) / self.eps if known is None else known[0]
 
     def _log_dv(self) -> torch.Tensor:
-        known = self._log_scalings
-        if known is not None and known[1] is self.G and known[3] is self._G0 and known[4] == self.eps:
-            return known[6]
-        return (self.G - self._G0) / self.eps
+        known = self.known_scalings()
+        return (self.G - self._G0) / self.eps if known is None else known[1]
 
-    def set_log_scalings(self, log_du: torch.Tensor, log_dv: torch.Tensor) -> None:
-        """Set the row and column duals from the log-scalings ``(F - F0) / eps``, ``(G - G0) / eps``
-        of the kernel domain (one row and one column dual: the fused sweeps), and keep the
-        log-scalings for the reductions that read them until the duals or the kernel change."""
+    def set_scalings(self, du: torch.Tensor, dv: torch.Tensor) -> None:
+        """Set the row and column duals from the kernel domain's scalings ``du = exp((F - F0) /
+        eps)``, ``dv`` (one row and one column dual: the fused sweeps), and keep the scalings and
+        their logs (:meth:`known_scalings`) until the duals or the kernel change."""
         (kr,), (kc,) = self._row_ids, self._col_ids
+        log_du, log_dv = torch.log(du), torch.log(dv)
         self.duals[kr] = self._F0 + self.eps * log_du
         self.duals[kc] = self._G0 + self.eps * log_dv
         self._aggregate_rows()
         self._aggregate_cols()
-        self._log_scalings = (self.F, self.G, self._F0, self._G0, self.eps, log_du, log_dv)
+        self._scalings = (self.F, self.G, self._F0, self._G0, self.eps, log_du, log_dv, du, dv)
+
+    def known_scalings(self) -> Optional[tuple]:
+        """``(log du, log dv, du, dv)`` as :meth:`set_scalings` left them, or None when the duals,
+        the kernel or epsilon changed since (duals are replaced, never mutated: the same objects
+        mean the same values)."""
+        known = self._scalings
+        if known is None or known[4] != self.eps or not all(
+                a is b for a, b in zip(known, (self.F, self.G, self._F0, self._G0))):
+            return None
+        return known[5:]
 
     def _log_w(self) -> Optional[torch.Tensor]:
         """``(B, R, S)`` log block scalings ``(E - E0) / eps`` of the joint groups (None without
